@@ -1,0 +1,34 @@
+# megatron-dwm: set-up, tests and demo. Needs no GPU.
+SHELL := /bin/bash
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+# Python 3.12: `python3.12` on PATH, else a pyenv-installed 3.12.
+PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python 3.12 not found (set PYTHON=/path/to/python3.12)"; exit 1; }
+	@if "$(PYTHON)" -c "import torch" 2>/dev/null; then \
+	  echo "torch found in $(PYTHON): reusing it (--system-site-packages)"; \
+	  "$(PYTHON)" -m venv --system-site-packages $(VENV); \
+	else \
+	  "$(PYTHON)" -m venv $(VENV); \
+	  $(PY) -m pip install -q --upgrade pip; \
+	  $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) tools/demo.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""megatron-dwm: Megatron-core pretraining with a Data Weighting Model."""
