@@ -1,0 +1,1 @@
+"""Llama-2 presets and the megatron-core model provider."""

@@ -1,0 +1,135 @@
+"""Build a Llama-2 model from megatron-core's GPTModel.
+
+Why GPTModel and not HybridModel: for an attention-plus-MLP decoder GPTModel is megatron-core's
+direct fit. It has both layer specs this project needs (Transformer Engine on GPU, the pure
+megatron-core "local" spec on CPU), the vocab-parallel `labels=` loss path, and the parameter
+layout of Megatron-LM's Llama checkpoints, so users' converters and checkpoints keep working.
+HybridModel would express the same network through a layer-pattern string with a different
+module layout, for no gain on a dense Llama.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import (
+    get_gpt_layer_local_spec,
+    get_gpt_layer_with_transformer_engine_spec,
+)
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from megatron_dwm.model.presets import LlamaArch
+
+
+def transformer_engine_available() -> bool:
+    """True when Transformer Engine is importable and a GPU is in use."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+def padded_vocab_size(vocab_size: int, tensor_parallel_size: int, divisible_by: int = 128) -> int:
+    """Megatron-LM's padding: the vocabulary rounded up to a multiple of divisible_by x TP."""
+    multiple = divisible_by * tensor_parallel_size
+    return -(-vocab_size // multiple) * multiple
+
+
+def llama_transformer_config(
+    arch: LlamaArch,
+    *,
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    sequence_parallel: bool = False,
+    bf16: bool = False,
+    use_cpu_initialization: bool = False,
+    init_method_std: float = 0.02,
+    fused_kernels: bool | None = None,
+    **overrides: object,
+) -> TransformerConfig:
+    """TransformerConfig for a Llama-2 decoder (RMSNorm, SwiGLU, RoPE, no biases, no dropout)."""
+    if fused_kernels is None:
+        fused_kernels = transformer_engine_available()
+    params_dtype = torch.bfloat16 if bf16 else torch.float32
+    return TransformerConfig(
+        num_layers=arch.num_layers,
+        hidden_size=arch.hidden_size,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_query_groups,
+        kv_channels=arch.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=init_method_std,
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        sequence_parallel=sequence_parallel and tensor_model_parallel_size > 1,
+        bf16=bf16,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        use_cpu_initialization=use_cpu_initialization,
+        bias_activation_fusion=fused_kernels,
+        bias_dropout_fusion=fused_kernels,
+        masked_softmax_fusion=fused_kernels,
+        apply_rope_fusion=fused_kernels,
+        persist_layer_norm=fused_kernels,
+        gradient_accumulation_fusion=fused_kernels,
+        **overrides,
+    )
+
+
+def llama_layer_spec(use_transformer_engine: bool | None = None) -> ModuleSpec:
+    """Transformer Engine layer spec on GPU when TE is importable, megatron-core's local spec otherwise."""
+    if use_transformer_engine is None:
+        use_transformer_engine = transformer_engine_available()
+    if use_transformer_engine:
+        return get_gpt_layer_with_transformer_engine_spec()
+    return get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_llama_model(
+    arch: LlamaArch,
+    config: TransformerConfig,
+    vocab_size: int,
+    max_sequence_length: int,
+    *,
+    pre_process: bool | None = None,
+    post_process: bool | None = None,
+    pg_collection: ProcessGroupCollection | None = None,
+    vp_stage: int | None = None,
+) -> GPTModel:
+    """This rank's pipeline stage of the Llama model (`vocab_size` already padded).
+
+    `pre_process`/`post_process` default to whether this rank holds the first/last stage.
+    """
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=llama_layer_spec(),
+        vocab_size=vocab_size,
+        max_sequence_length=max_sequence_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=not arch.untie_embeddings_and_output_weights,
+        position_embedding_type="rope",
+        rotary_base=int(arch.rotary_base),
+        pg_collection=pg_collection,
+        vp_stage=vp_stage,
+    )

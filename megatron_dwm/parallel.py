@@ -1,0 +1,191 @@
+"""Rank layout and process groups.
+
+::
+
+    world = [ LLM ranks 0 .. T-1 | DWM ranks T .. T+A-1 ]
+              TP x PP x DP = T     --dwm-ranks A (0 = colocated)
+
+The LLM's tensor/pipeline/data-parallel groups are built by megatron-core's
+``initialize_model_parallel(..., rank_offset=0, local_world_size=T)``, so they cover the LLM ranks
+only; every rank of the world takes part in creating them (group creation is collective), and the
+ranks outside get no LLM group. megatron-core's ``ProcessGroupCollection`` of the LLM is then
+handed to the model, DDP, optimizer and schedules.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+from megatron_dwm.platform import init_platform
+
+
+@dataclass(frozen=True)
+class RankLayout:
+    """How the world's ranks are split between the LLM and the DWM."""
+
+    world_size: int
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    dwm_ranks: int = 0
+
+    @property
+    def llm_world_size(self) -> int:
+        return self.world_size - self.dwm_ranks
+
+    @property
+    def model_parallel_size(self) -> int:
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.llm_world_size // self.model_parallel_size
+
+    def is_llm_rank(self, rank: int) -> bool:
+        return rank < self.llm_world_size
+
+    def problems(self) -> list[str]:
+        """Everything wrong with this layout, as messages naming the flags at fault."""
+        tp, pp, a = self.tensor_model_parallel_size, self.pipeline_model_parallel_size, self.dwm_ranks
+        if tp < 1 or pp < 1:
+            return [f"--tensor-model-parallel-size ({tp}) and --pipeline-model-parallel-size ({pp}) must be >= 1"]
+        if a < 0:
+            return [f"--dwm-ranks ({a}) must be >= 0"]
+        if self.llm_world_size < 1:
+            return [f"--dwm-ranks {a} leaves no LLM rank in a world of {self.world_size}"]
+        if self.llm_world_size % (tp * pp):
+            where = f"world size {self.world_size}" + (f" minus --dwm-ranks {a}" if a else "")
+            return [
+                f"{where} = {self.llm_world_size} LLM ranks is not divisible by "
+                f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp} = {tp * pp}"
+            ]
+        return []
+
+
+@dataclass(frozen=True)
+class ParallelContext:
+    """This rank's place in the layout, with the LLM's process groups (None off the LLM ranks)."""
+
+    layout: RankLayout
+    rank: int
+    pg_collection: ProcessGroupCollection | None
+
+    @property
+    def is_llm_rank(self) -> bool:
+        return self.layout.is_llm_rank(self.rank)
+
+
+def launcher_environment() -> dict[str, str]:
+    """RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from torchrun or SLURM (srun)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        found = {k: env[k] for k in ("RANK", "WORLD_SIZE") if k in env}
+        found["LOCAL_RANK"] = env.get("LOCAL_RANK", "0")
+    elif "SLURM_PROCID" in env:
+        found = {
+            "RANK": env["SLURM_PROCID"],
+            "WORLD_SIZE": env.get("SLURM_NTASKS", "1"),
+            "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        }
+    else:
+        found = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    found["MASTER_ADDR"] = env.get("MASTER_ADDR") or _slurm_first_host() or "127.0.0.1"
+    found["MASTER_PORT"] = env.get("MASTER_PORT", "6000")
+    return found
+
+
+def _slurm_first_host() -> str | None:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        return None
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                               text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return hosts[0] if hosts else None
+
+
+def init_distributed(timeout_minutes: int = 10) -> None:
+    """Join the job's process group (no-op if already joined), on the platform's backend."""
+    platform = init_platform()
+    if dist.is_initialized():
+        return
+    env = launcher_environment()
+    os.environ.update(env)
+    dist.init_process_group(
+        backend=platform.backend,
+        rank=int(env["RANK"]),
+        world_size=int(env["WORLD_SIZE"]),
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+
+
+def initialize_parallel(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    dwm_ranks: int = 0,
+    seed: int = 1234,
+    timeout_minutes: int = 10,
+) -> ParallelContext:
+    """Join the world, build the LLM's megatron-core groups on ranks 0..T-1, and seed the RNGs.
+
+    Called by every rank of the world. Raises ValueError naming the flags if the layout is impossible.
+    """
+    init_distributed(timeout_minutes)
+    layout = RankLayout(dist.get_world_size(), tensor_model_parallel_size, pipeline_model_parallel_size, dwm_ranks)
+    problems = layout.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+    rank = dist.get_rank()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        rank_offset=0,
+        local_world_size=layout.llm_world_size,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+    pg_collection = None
+    if layout.is_llm_rank(rank):
+        pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+        seed_everything(seed)
+    return ParallelContext(layout, rank, pg_collection)
+
+
+def seed_everything(seed: int) -> None:
+    """Megatron-LM's seeding: offset by pipeline rank; model-parallel RNG tracker for TP regions."""
+    import random
+
+    import numpy as np
+
+    stage_seed = seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    random.seed(stage_seed)
+    np.random.seed(stage_seed)
+    torch.manual_seed(stage_seed)
+    model_parallel_cuda_manual_seed(stage_seed)
+
+
+def join_optimizer_setup_outside_llm() -> None:
+    """Take part, from a rank outside the LLM, in the optimizer set-up's world-wide collectives.
+
+    megatron-core 0.19's ``get_megatron_optimizer`` aligns parameter-group keys with two
+    ``all_gather_object`` calls over the whole world (dense, then expert parameters). Ranks that
+    hold no LLM must make the matching calls, with no keys, while the LLM ranks build their
+    optimizer, or the LLM ranks wait forever.
+    """
+    for _ in range(2):
+        dist.all_gather_object([None] * dist.get_world_size(), [])
+
+
+def destroy_parallel() -> None:
+    parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,187 @@
+"""Compute platform: CUDA + NCCL when a GPU is present, otherwise CPU + gloo.
+
+megatron-core is written for CUDA: it asks for ``torch.cuda.current_device()``, creates tensors with
+``device="cuda"``, moves tensors with ``.cuda()``, forks the CUDA RNG for tensor-parallel init and
+dropout, and asserts ``torch.cuda.FloatTensor`` in gradient clipping. On a machine without a GPU
+this module makes the CPU stand in for CUDA device 0, so megatron-core's own classes (models,
+pipeline schedules, DDP, optimizer, clipping, checkpointing) run unchanged on gloo:
+
+* factory calls and moves that name a CUDA device are redirected to the CPU (a torch function
+  mode, so it covers every call site without touching megatron-core's files);
+* ``Tensor.type()`` reports CUDA type names for CPU tensors, consistently with that alias;
+* ``torch.cuda.current_device/synchronize/...`` and the CUDA RNG state calls are routed to the CPU
+  and its default generator, so megatron-core's model-parallel RNG tracker forks the CPU RNG.
+
+This is the only module of the project that touches ``torch.cuda`` behaviour. On a GPU it changes
+nothing. The distributed optimizer stays a GPU option (``validate_platform_options``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where the LLM runs and which collective backend it uses."""
+
+    device: torch.device
+    backend: str  # "nccl" or "gloo"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+
+_PLATFORM: Platform | None = None
+_CPU = torch.device("cpu")
+
+
+def init_platform(force_cpu: bool | None = None, verbose: bool = True) -> Platform:
+    """Select the platform once per process (idempotent) and return it.
+
+    ``force_cpu`` defaults to the environment variable ``MEGATRON_DWM_FORCE_CPU=1``.
+    """
+    global _PLATFORM
+    if _PLATFORM is not None:
+        return _PLATFORM
+    if force_cpu is None:
+        force_cpu = os.environ.get("MEGATRON_DWM_FORCE_CPU", "0") == "1"
+    if torch.cuda.is_available() and not force_cpu:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        _PLATFORM = Platform(torch.device("cuda", torch.cuda.current_device()), "nccl")
+    else:
+        _install_cpu_compatibility()
+        _PLATFORM = Platform(_CPU, "gloo")
+        if verbose and int(os.environ.get("RANK", "0")) == 0:
+            print("megatron-dwm: no GPU in use, CPU mode on (gloo; megatron-core's CUDA calls run on the CPU)", flush=True)
+    return _PLATFORM
+
+
+def get_platform() -> Platform:
+    """The platform chosen by `init_platform` (selecting it now if nobody did)."""
+    return init_platform()
+
+
+def validate_platform_options(use_distributed_optimizer: bool, bf16: bool) -> list[str]:
+    """Problems with options the current platform cannot honour (empty if none)."""
+    if torch.cuda.is_available() and os.environ.get("MEGATRON_DWM_FORCE_CPU", "0") != "1":
+        return []
+    problems = []
+    if use_distributed_optimizer:
+        problems.append(
+            "--use-distributed-optimizer needs a GPU (megatron-core's DistributedOptimizer works on "
+            "CUDA tensors only); drop the flag on CPU"
+        )
+    return problems
+
+
+def synchronize() -> None:
+    """Wait for the device (no-op on CPU)."""
+    if get_platform().device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------------------------
+# CPU compatibility layer
+# --------------------------------------------------------------------------------------------
+
+_CUDA_TYPE_NAMES = {
+    torch.float32: "torch.cuda.FloatTensor",
+    torch.float64: "torch.cuda.DoubleTensor",
+    torch.float16: "torch.cuda.HalfTensor",
+    torch.bfloat16: "torch.cuda.BFloat16Tensor",
+    torch.int64: "torch.cuda.LongTensor",
+    torch.int32: "torch.cuda.IntTensor",
+    torch.int16: "torch.cuda.ShortTensor",
+    torch.int8: "torch.cuda.CharTensor",
+    torch.uint8: "torch.cuda.ByteTensor",
+    torch.bool: "torch.cuda.BoolTensor",
+}
+
+
+def _names_cuda(device: Any) -> bool:
+    if isinstance(device, int) and not isinstance(device, bool):
+        return True  # a bare index means a CUDA device
+    if isinstance(device, (str, torch.device)):
+        return torch.device(device).type == "cuda"
+    return False
+
+
+class _CudaOnCpu(TorchFunctionMode):
+    """Redirects CUDA device arguments to the CPU for every torch call made while active."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            return _CUDA_TYPE_NAMES.get(args[0].dtype, func(*args))
+        if _names_cuda(kwargs.get("device")):
+            kwargs["device"] = _CPU
+        if func is torch.Tensor.to:
+            args = tuple(_CPU if _names_cuda(a) else a for a in args)
+        return func(*args, **kwargs)
+
+
+class _CpuStream:
+    """Stand-in for `torch.cuda.Stream`: work on the CPU is already ordered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def wait_stream(self, other: Any) -> None:
+        pass
+
+    def wait_event(self, event: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def record_event(self, event: Any = None) -> Any:
+        return event
+
+    def __enter__(self) -> "_CpuStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+def _install_cpu_compatibility() -> None:
+    cuda = torch.cuda
+    cpu_generator = torch.default_generator
+
+    cuda.current_device = lambda: 0
+    cuda.synchronize = lambda device=None: None
+    cuda.get_rng_state = lambda device="cuda": cpu_generator.get_state()
+    cuda.set_rng_state = lambda new_state, device="cuda": cpu_generator.set_state(new_state)
+    cuda.manual_seed = lambda seed: cpu_generator.manual_seed(seed)
+    cuda.manual_seed_all = lambda seed: cpu_generator.manual_seed(seed)
+    cuda.random.get_rng_state = cuda.get_rng_state
+    cuda.random.set_rng_state = cuda.set_rng_state
+    cuda.default_generators = (cpu_generator,)
+    cuda.Stream = _CpuStream
+    cuda.current_stream = lambda device=None: _CpuStream()
+    cuda.stream = lambda stream=None: contextlib.nullcontext()
+    cuda.memory_allocated = lambda device=None: 0
+    cuda.max_memory_allocated = lambda device=None: 0
+    cuda.empty_cache = lambda: None
+
+    # megatron-core's tensor-parallel RNG tracker binds these helpers at import time.
+    from megatron.core.tensor_parallel import random as tp_random
+
+    tp_random._get_cuda_rng_state = lambda device="cuda", clone=False, graph_safe=False: (
+        cpu_generator.get_state().clone() if clone else cpu_generator.get_state()
+    )
+    tp_random._set_cuda_rng_state = lambda new_state, device=-1, graph_safe=False: cpu_generator.set_state(new_state)
+
+    _CudaOnCpu().__enter__()

@@ -1,0 +1,142 @@
+"""Checkpoints in megatron-core's distributed format, in Megatron-LM's directory layout.
+
+::
+
+    <root>/latest_checkpointed_iteration.txt     "<iteration>" or "release"
+    <root>/iter_0000100/                         megatron-core dist_checkpointing directory
+    <root>/release/                              a converted (not trained) checkpoint
+
+A distributed checkpoint is independent of TP/PP: it is written from any parallel layout and read
+into any other (megatron-core reshards on load). Writes are atomic: the directory is written under
+a temporary name, renamed when complete, and only then does the tracker file name it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.transformer.module import MegatronModule
+
+from megatron_dwm.model.presets import LlamaArch
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+RELEASE = "release"
+CHECKPOINT_VERSION = 3.0
+
+
+def checkpoint_name(iteration: int | str) -> str:
+    return RELEASE if iteration == RELEASE else f"iter_{int(iteration):07d}"
+
+
+def read_tracker(root: str | os.PathLike) -> str | None:
+    """The iteration (or "release") named by the tracker file, or None if there is none."""
+    tracker = Path(root) / TRACKER_FILE
+    if not tracker.is_file():
+        return None
+    value = tracker.read_text().strip()
+    if value != RELEASE and not value.isdigit():
+        raise ValueError(f"{tracker}: expected an iteration number or 'release', found {value!r}")
+    return value
+
+
+def latest_checkpoint_dir(root: str | os.PathLike) -> Path:
+    """The newest complete checkpoint under `root` (or `root` itself if it is a checkpoint dir)."""
+    root = Path(root)
+    if (root / "metadata.json").is_file():
+        return root
+    value = read_tracker(root)
+    if value is None:
+        raise FileNotFoundError(f"{root}: no {TRACKER_FILE} and not a checkpoint directory")
+    path = root / checkpoint_name(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{root / TRACKER_FILE} names {value}, but {path} does not exist")
+    return path
+
+
+def _model_chunks(model: MegatronModule | list[MegatronModule]) -> list[MegatronModule]:
+    chunks = model if isinstance(model, list) else [model]
+    unwrapped = []
+    for chunk in chunks:
+        while hasattr(chunk, "module"):  # DDP, Float16Module
+            chunk = chunk.module
+        unwrapped.append(chunk)
+    return unwrapped
+
+
+def _model_sharded_state_dict(model: MegatronModule | list[MegatronModule]) -> dict[str, Any]:
+    chunks = _model_chunks(model)
+    if len(chunks) == 1:
+        return {"model": chunks[0].sharded_state_dict()}
+    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    iteration: int | str,
+    model: MegatronModule | list[MegatronModule],
+    arch: LlamaArch,
+    common: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model (plus `common`, saved once) under `root` and point the tracker at it.
+
+    Collective over the LLM ranks (every rank of the model must call it).
+    """
+    root = Path(root)
+    final = root / checkpoint_name(iteration)
+    staging = root / f".{final.name}.incomplete"
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    dist.barrier()
+    state = _model_sharded_state_dict(model)
+    state.update(
+        checkpoint_version=CHECKPOINT_VERSION,
+        iteration=iteration,
+        arch=asdict(arch),
+        padded_vocab_size=_model_chunks(model)[0].vocab_size,
+        **(common or {}),
+    )
+    dist_checkpointing.save(state, str(staging))
+    dist.barrier()
+    if rank0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        _write_atomically(root / TRACKER_FILE, str(iteration))
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(
+    root: str | os.PathLike, model: MegatronModule | list[MegatronModule], strict: bool = True
+) -> dict[str, Any]:
+    """Load the newest checkpoint under `root` into `model` (any TP/PP); return its common state."""
+    path = latest_checkpoint_dir(root)
+    state = dist_checkpointing.load(_model_sharded_state_dict(model), str(path))
+    chunks = _model_chunks(model)
+    keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
+    for key, chunk in zip(keys, chunks):
+        chunk.load_state_dict(state.pop(key), strict=strict)
+    return state
+
+
+def read_checkpoint_common(root: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint's non-tensor state (arch, padded_vocab_size, iteration, ...), read without a model."""
+    path = latest_checkpoint_dir(root)
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    if "arch" not in common or "padded_vocab_size" not in common:
+        raise ValueError(f"{path}: not a megatron-dwm checkpoint (no 'arch'/'padded_vocab_size' entries)")
+    return common
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    os.replace(tmp, path)
