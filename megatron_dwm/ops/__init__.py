@@ -7,7 +7,7 @@ function. Triton is imported only when the fused kernel is used.
 """
 
 from megatron_dwm.ops.kernels import LOSS_KERNELS, resolve_loss_kernel
-from megatron_dwm.ops.weighted_cross_entropy import (
+from megatron_dwm.ops.cross_entropy import (
     WeightedCrossEntropy,
     per_sample_cross_entropy,
     select_loss_kernel,

@@ -76,11 +76,14 @@ def _rows_of(logits: torch.Tensor) -> torch.Tensor:
     return logits.view(-1, logits.shape[-1])
 
 
+def _empty_rows(logits2d: torch.Tensor) -> torch.Tensor:
+    """An uninitialised fp32 value per row (the kernels' per-token outputs)."""
+    return torch.empty(logits2d.shape[0], dtype=torch.float32, device=logits2d.device)
+
+
 def _token_loss(logits2d: torch.Tensor, targets: torch.Tensor, kernels: ModuleType, shard: VocabShard):
     """(log-sum-exp, cross-entropy) per row over the whole vocabulary; logits untouched."""
-    row_max, sum_exp, target_logit = (
-        torch.empty(logits2d.shape[0], dtype=torch.float32, device=logits2d.device) for _ in range(3)
-    )
+    row_max, sum_exp, target_logit = (_empty_rows(logits2d) for _ in range(3))
     kernels.row_stats(logits2d, targets, row_max, sum_exp, target_logit)
     return combine_shard_stats(row_max, sum_exp, target_logit, shard)
 
@@ -92,7 +95,7 @@ class _WeightedCrossEntropyFunction(torch.autograd.Function):
         sample_coeff = weights.detach().float() * tokens.inv_tokens / normalizer
         coeff = tokens.to_rows(tokens.mask * sample_coeff[:, None]).contiguous()
         if shard.world_size == 1:
-            token_loss = torch.empty(logits2d.shape[0], dtype=torch.float32, device=logits.device)
+            token_loss = _empty_rows(logits2d)
             kernels.loss_and_grad(logits2d, tokens.targets, coeff, token_loss)
         else:
             log_sum_exp, token_loss = _token_loss(logits2d, tokens.targets, kernels, shard)
