@@ -100,6 +100,7 @@ class _WeightedCrossEntropyFunction(torch.autograd.Function):
         else:
             log_sum_exp, token_loss = _token_loss(logits2d, tokens.targets, kernels, shard)
             kernels.write_grad(logits2d, tokens.targets, log_sum_exp, coeff)
+        torch.autograd.graph.increment_version(logits)  # the kernels wrote through raw pointers
         per_sample = tokens.per_sample_loss(token_loss)
         loss = (weights.detach().float() * per_sample).sum() / normalizer
         ctx.logits_grad = logits  # now holds dloss/dlogits

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from megatron_dwm.ops import resolve_loss_kernel
@@ -60,3 +61,13 @@ def test_auto_picks_the_reference_on_cpu_and_the_fused_kernel_on_cuda():
     assert resolve_loss_kernel("auto", torch.device("cpu")) == "torch"
     assert resolve_loss_kernel("auto", torch.device("cuda")) == "fused"
     assert resolve_loss_kernel("torch", torch.device("cuda")) == "torch"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the benchmark would run")
+def test_benchmark_exits_with_a_message_without_gpu():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bench_loss_kernel.py"), "--micro-batch", "1"],
+        env=_env(), cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "needs a CUDA GPU" in result.stderr

@@ -104,3 +104,14 @@ def test_kernel_selection():
         select_loss_kernel("cudnn")
     with pytest.raises(ValueError, match="unknown loss kernel"):
         per_sample_cross_entropy(case.logits, case.labels, case.loss_mask, kernel="cudnn")
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_overwriting_logits_another_op_saved_is_caught_by_autograd(kernel):
+    """exp saves its output for backward; overwriting it with the gradient must not pass silently."""
+    case = random_case(81, torch.float32, vocab=25)
+    hidden = case.logits.clone().requires_grad_()
+    logits = torch.exp(hidden)
+    out = weighted_cross_entropy(logits, case.labels, case.loss_mask, kernel=kernel)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.loss.backward()
