@@ -70,9 +70,9 @@ def _tokens(
 
 
 def _rows_of(logits: torch.Tensor) -> torch.Tensor:
-    """The logits as [rows, shard] without copying (they must allow that view)."""
-    if logits.stride(-1) != 1:
-        raise ValueError("logits must be contiguous along the vocabulary dimension")
+    """The logits as [rows, shard] without copying."""
+    if logits.stride(-1) != 1 or logits.stride(0) != logits.shape[1] * logits.stride(1):
+        raise ValueError("logits must be a [rows, shard] view: contiguous apart from the row stride")
     return logits.view(-1, logits.shape[-1])
 
 
@@ -90,20 +90,26 @@ def _token_loss(logits2d: torch.Tensor, targets: torch.Tensor, kernels: ModuleTy
 
 class _WeightedCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, weights, tokens: _Tokens, kernels: ModuleType, shard: VocabShard, normalizer: float):
+    def forward(
+        ctx, logits, weights, tokens: _Tokens, kernels: ModuleType, shard: VocabShard, normalizer: float,
+        write_grad: bool,
+    ):
         logits2d = _rows_of(logits)
         sample_coeff = weights.detach().float() * tokens.inv_tokens / normalizer
         coeff = tokens.to_rows(tokens.mask * sample_coeff[:, None]).contiguous()
-        if shard.world_size == 1:
+        if not write_grad:  # loss only, logits untouched
+            _, token_loss = _token_loss(logits2d, tokens.targets, kernels, shard)
+        elif shard.world_size == 1:
             token_loss = _empty_rows(logits2d)
             kernels.loss_and_grad(logits2d, tokens.targets, coeff, token_loss)
+            torch.autograd.graph.increment_version(logits)  # the kernels wrote through raw pointers
         else:
             log_sum_exp, token_loss = _token_loss(logits2d, tokens.targets, kernels, shard)
             kernels.write_grad(logits2d, tokens.targets, log_sum_exp, coeff)
-        torch.autograd.graph.increment_version(logits)  # the kernels wrote through raw pointers
+            torch.autograd.graph.increment_version(logits)
         per_sample = tokens.per_sample_loss(token_loss)
         loss = (weights.detach().float() * per_sample).sum() / normalizer
-        ctx.logits_grad = logits  # now holds dloss/dlogits
+        ctx.logits_grad = logits if write_grad else None  # holds dloss/dlogits when written
         ctx.save_for_backward(per_sample)
         ctx.normalizer = normalizer
         ctx.mark_non_differentiable(per_sample)
@@ -113,12 +119,13 @@ class _WeightedCrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_per_sample):
         logits_grad, ctx.logits_grad = ctx.logits_grad, None
         (per_sample,) = ctx.saved_tensors
-        # One host sync on a scalar saves a pass over the logits when the incoming gradient is 1.
-        scale = grad_loss.item()
-        if scale != 1.0:
-            logits_grad.mul_(scale)
+        if logits_grad is not None:
+            # One host sync on a scalar saves a pass over the logits when the incoming gradient is 1.
+            scale = grad_loss.item()
+            if scale != 1.0:
+                logits_grad.mul_(scale)
         weights_grad = grad_loss * per_sample / ctx.normalizer if ctx.needs_input_grad[1] else None
-        return logits_grad, weights_grad, None, None, None, None
+        return logits_grad, weights_grad, None, None, None, None, None
 
 
 def weighted_cross_entropy(
@@ -136,7 +143,8 @@ def weighted_cross_entropy(
     """Weighted batch loss `sum_i w_i l_i / n` and the per-sample losses `l_i`.
 
     logits: [s, b, v/TP] (megatron-core's layout; [b, s, v/TP] with `sequence_first=False`),
-        fp32 or bf16. OVERWRITTEN with the gradient during this call.
+        fp32 or bf16, contiguous. OVERWRITTEN with the gradient during this call when they
+        require grad and grad mode is on (else left untouched, as in `per_sample_cross_entropy`).
     labels, loss_mask: [b, s]. weights: [b] (default all ones); a weight that requires grad
         receives `l_i / n`. normalizer: n, default b (the local batch size).
     kernel: "auto" (Triton on CUDA, else PyTorch), "fused" or "torch".
@@ -150,7 +158,10 @@ def weighted_cross_entropy(
         weights = torch.ones(labels.shape[0], device=logits.device)
     normalizer = float(labels.shape[0] if normalizer is None else normalizer)
     kernels = row_kernels(kernel, logits.device)
-    loss, per_sample = _WeightedCrossEntropyFunction.apply(logits, weights, tokens, kernels, shard, normalizer)
+    write_grad = torch.is_grad_enabled() and logits.requires_grad
+    loss, per_sample = _WeightedCrossEntropyFunction.apply(
+        logits, weights, tokens, kernels, shard, normalizer, write_grad
+    )
     return WeightedCrossEntropy(loss, per_sample)
 
 

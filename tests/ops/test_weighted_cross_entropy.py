@@ -115,3 +115,25 @@ def test_overwriting_logits_another_op_saved_is_caught_by_autograd(kernel):
     out = weighted_cross_entropy(logits, case.labels, case.loss_mask, kernel=kernel)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.loss.backward()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_no_grad_call_leaves_logits_untouched(kernel):
+    case = random_case(91, torch.float32, vocab=45)
+    logits = case.logits.clone().requires_grad_()
+    with torch.no_grad():
+        out = weighted_cross_entropy(logits, case.labels, case.loss_mask, case.weights, normalizer=case.normalizer, kernel=kernel)
+    assert torch.equal(logits, case.logits)
+    ref_loss, ref_per_sample, _ = autograd_reference(case)
+    assert relative_error(out.loss, ref_loss) <= LOSS_TOLERANCE
+    assert relative_error(out.per_sample_loss, ref_per_sample) <= LOSS_TOLERANCE
+
+
+def test_weight_gradient_alone_leaves_logits_untouched():
+    case = random_case(93, torch.float32, vocab=45)
+    logits = case.logits.clone()
+    weights = case.weights.clone().requires_grad_()
+    out = weighted_cross_entropy(logits, case.labels, case.loss_mask, weights, normalizer=case.normalizer, kernel="fused")
+    (2.0 * out.loss).backward()
+    assert torch.equal(logits, case.logits)
+    assert relative_error(weights.grad, 2.0 * autograd_reference(case)[1] / case.normalizer) <= 1e-6
