@@ -71,9 +71,13 @@ def _tokens(
 
 def _rows_of(logits: torch.Tensor) -> torch.Tensor:
     """The logits as [rows, shard] without copying."""
-    if logits.stride(-1) != 1 or logits.stride(0) != logits.shape[1] * logits.stride(1):
-        raise ValueError("logits must be a [rows, shard] view: contiguous apart from the row stride")
-    return logits.view(-1, logits.shape[-1])
+    try:
+        logits2d = logits.view(-1, logits.shape[-1])
+    except RuntimeError as error:
+        raise ValueError("logits must be viewable as [rows, shard] (e.g. contiguous)") from error
+    if logits2d.stride(1) != 1:
+        raise ValueError("logits must be contiguous along the vocabulary dimension")
+    return logits2d
 
 
 def _empty_rows(logits2d: torch.Tensor) -> torch.Tensor:

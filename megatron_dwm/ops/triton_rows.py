@@ -96,7 +96,8 @@ def _launch_config(n_cols: int, block_size: int | None) -> dict:
     return {"BLOCK": block, "num_warps": num_warps}
 
 
-def _check(logits2d: torch.Tensor) -> None:
+def _launch(kernel, logits2d: torch.Tensor, per_row: tuple, block_size: int | None) -> None:
+    """One program per row of `logits2d`; `per_row` are the kernel's per-row tensor arguments."""
     if logits2d.dim() != 2 or logits2d.stride(1) != 1:
         raise ValueError("row kernels need 2-D logits with contiguous rows")
     if logits2d.device.type == "cpu" and not INTERPRETED:
@@ -104,6 +105,9 @@ def _check(logits2d: torch.Tensor) -> None:
             "the fused loss kernel got CPU tensors but Triton is not in interpreter mode: "
             "set TRITON_INTERPRET=1 before megatron_dwm.ops first uses the kernel, or use kernel='torch'"
         )
+    rows, n_cols = logits2d.shape
+    if rows:
+        kernel[(rows,)](logits2d, *per_row, n_cols, logits2d.stride(0), **_launch_config(n_cols, block_size))
 
 
 def row_stats(
@@ -115,13 +119,7 @@ def row_stats(
     block_size: int | None = None,
 ) -> None:
     """Per row: max, `sum(exp(x - max))` and the target logit (0 where not owned), into the outputs."""
-    _check(logits2d)
-    rows, n_cols = logits2d.shape
-    if rows:
-        _row_stats_kernel[(rows,)](
-            logits2d, targets, row_max, sum_exp, target_logit,
-            n_cols, logits2d.stride(0), **_launch_config(n_cols, block_size),
-        )
+    _launch(_row_stats_kernel, logits2d, (targets, row_max, sum_exp, target_logit), block_size)
 
 
 def write_grad(
@@ -132,13 +130,7 @@ def write_grad(
     block_size: int | None = None,
 ) -> None:
     """Overwrite every row with `coeff[row] * (softmax(row) - onehot(target))`."""
-    _check(logits2d)
-    rows, n_cols = logits2d.shape
-    if rows:
-        _write_grad_kernel[(rows,)](
-            logits2d, targets, log_sum_exp, coeff,
-            n_cols, logits2d.stride(0), **_launch_config(n_cols, block_size),
-        )
+    _launch(_write_grad_kernel, logits2d, (targets, log_sum_exp, coeff), block_size)
 
 
 def loss_and_grad(
@@ -149,10 +141,4 @@ def loss_and_grad(
     block_size: int | None = None,
 ) -> None:
     """Unsharded vocabulary: per-row cross-entropy into `token_loss`, then the gradient in place."""
-    _check(logits2d)
-    rows, n_cols = logits2d.shape
-    if rows:
-        _loss_and_grad_kernel[(rows,)](
-            logits2d, targets, coeff, token_loss,
-            n_cols, logits2d.stride(0), **_launch_config(n_cols, block_size),
-        )
+    _launch(_loss_and_grad_kernel, logits2d, (targets, coeff, token_loss), block_size)

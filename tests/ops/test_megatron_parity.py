@@ -22,11 +22,12 @@ DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _errors(kernel, case, tp, shard, reference, **kwargs) -> dict:
+    """Relative errors of one kernel on this rank's shard against the reference."""
     ref_loss, ref_per_sample, ref_grad = reference
     loss, per_sample, grad = run_weighted_cross_entropy(case, kernel, shard, **kwargs)
     loss_only = run_per_sample_cross_entropy(case, kernel, shard, **kwargs)
     return {
-        "case": case.describe(),
+        "case": f"{case.describe()} shard={shard.start}:{shard.stop}",
         "kernel": kernel,
         "tp": tp,
         "dtype": case.dtype,
@@ -76,7 +77,7 @@ def test_kernels_match_megatron_core(tp):
     results = run_distributed(_compare_on_ranks, world_size=tp, args=_random_specs(tp, seed=7 + tp), timeout=300)
     rows = [row for rank_rows in results for row in rank_rows]
     for row in rows:
-        print(f"tp={row['tp']} {row['kernel']:>5} {row['case']:<40} per-sample {row['per_sample']:.1e} "
+        print(f"tp={row['tp']} {row['kernel']:>5} {row['case']:<52} per-sample {row['per_sample']:.1e} "
               f"loss-only {row['loss_only']:.1e} grad {row['grad']:.1e}")
     for row in rows:
         for key in ("loss", "per_sample", "loss_only"):

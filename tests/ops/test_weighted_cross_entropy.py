@@ -137,3 +137,13 @@ def test_weight_gradient_alone_leaves_logits_untouched():
     (2.0 * out.loss).backward()
     assert torch.equal(logits, case.logits)
     assert relative_error(weights.grad, 2.0 * autograd_reference(case)[1] / case.normalizer) <= 1e-6
+
+
+def test_logits_that_are_not_rows_of_one_buffer_are_refused():
+    labels, loss_mask = torch.zeros(3, 5, dtype=torch.long), torch.ones(3, 5)
+    batch_major = torch.randn(3, 5, 16)
+    with pytest.raises(ValueError, match="viewable"):
+        weighted_cross_entropy(batch_major.transpose(0, 1), labels, loss_mask)  # [s, b, v] strided view
+    vocab_strided = torch.randn(16, 5, 3).permute(1, 2, 0)  # [s, b, v]: rows mergeable, vocabulary stride 15
+    with pytest.raises(ValueError, match="contiguous along the vocabulary"):
+        weighted_cross_entropy(vocab_strided, labels, loss_mask)
