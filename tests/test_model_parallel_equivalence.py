@@ -30,10 +30,9 @@ def _tokens(step: int) -> torch.Tensor:
 
 
 def _optimizer(model):
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron_dwm.training.build import build_optimizer
 
-    return get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=3e-3, weight_decay=0.01, clip_grad=1.0),
-                                  [model])
+    return build_optimizer(model, lr=3e-3, weight_decay=0.01, clip_grad=1.0)
 
 
 def _run(rank, world_size, tp, pp, weights_dir, grads_dir, save_initial):

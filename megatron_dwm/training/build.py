@@ -1,0 +1,21 @@
+"""Wrap the model and build its optimizer with megatron-core."""
+
+from __future__ import annotations
+
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
+
+
+def wrap_ddp(model, config=None):
+    """megatron-core DDP around one model chunk (gradients reduced in fp32, no overlap)."""
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=False)
+    return DistributedDataParallel(model.config if config is None else config, ddp_config, model)
+
+
+def build_optimizer(ddp_model, lr: float, weight_decay: float = 0.01, clip_grad: float = 1.0,
+                    bf16: bool = False, use_distributed_optimizer: bool = False) -> MegatronOptimizer:
+    """megatron-core's Adam (mixed precision with fp32 master weights when bf16)."""
+    config = OptimizerConfig(optimizer="adam", lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
+                             bf16=bf16, use_distributed_optimizer=use_distributed_optimizer)
+    return get_megatron_optimizer(config, [ddp_model])
