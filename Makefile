@@ -27,8 +27,10 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# A short CPU training run (TP=2 on 2 gloo ranks) through the real model, schedule, DDP and optimizer.
 demo: setup
-	$(PY) tools/demo.py
+	$(VENV)/bin/torchrun --nproc-per-node 2 pretrain_dwm.py --model-preset tiny --tensor-model-parallel-size 2 \
+	  --train-iters 20 --seq-length 128 --micro-batch-size 2 --global-batch-size 4 --vocab-size 32000 --lr 3e-3
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
