@@ -21,6 +21,8 @@ REJECTION_REASONS = (
     "unreadable_file",
     "truncated_zst",
     "corrupt_zst",
+    "no_context",
+    "target_boundary",
 )
 
 
@@ -45,6 +47,24 @@ def parse_document(
     ``meta.redpajama_set_name``; when ``require_domain`` is set it must exist and be a plain name
     usable in a file name.
     """
+    record = load_record(data)
+    if isinstance(record, Rejection):
+        return record
+    texts = {}
+    for key in json_keys:
+        text = text_field(record, key)
+        if isinstance(text, Rejection):
+            return text
+        texts[key] = text
+    domain = _domain_of(record)
+    if require_domain and domain is None:
+        field = ".".join(DOMAIN_FIELD)
+        return Rejection("missing_domain", f"no usable {field} (needed by --split-by-domain)")
+    return Document(texts, domain or UNKNOWN_DOMAIN)
+
+
+def load_record(data: bytes) -> dict | Rejection:
+    """Decode and parse one line into a JSON object."""
     try:
         line = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -55,21 +75,19 @@ def parse_document(
         return Rejection("malformed_json", f"malformed JSON: {error.msg} (column {error.colno})")
     if not isinstance(record, dict):
         return Rejection("malformed_json", f"expected a JSON object, got {type(record).__name__}")
-    texts = {}
-    for key in json_keys:
-        if key not in record:
-            return Rejection("missing_key", f"no {key!r} key")
-        text = record[key]
-        if not isinstance(text, str):
-            return Rejection("non_string_text", f"{key!r} is {type(text).__name__}, not a string")
-        if not text.strip():
-            return Rejection("empty_text", f"{key!r} is empty")
-        texts[key] = text
-    domain = _domain_of(record)
-    if require_domain and domain is None:
-        field = ".".join(DOMAIN_FIELD)
-        return Rejection("missing_domain", f"no usable {field} (needed by --split-by-domain)")
-    return Document(texts, domain or UNKNOWN_DOMAIN)
+    return record
+
+
+def text_field(record: dict, key: str) -> str | Rejection:
+    """``record[key]`` if it is a non-empty string."""
+    if key not in record:
+        return Rejection("missing_key", f"no {key!r} key")
+    text = record[key]
+    if not isinstance(text, str):
+        return Rejection("non_string_text", f"{key!r} is {type(text).__name__}, not a string")
+    if not text.strip():
+        return Rejection("empty_text", f"{key!r} is empty")
+    return text
 
 
 def _domain_of(record: dict) -> str | None:

@@ -17,6 +17,7 @@ Both subclass megatron-core's ``MegatronTokenizerBase`` and expose ``eod``, ``pa
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 from megatron.core.tokenizers import MegatronTokenizerBase
@@ -38,6 +39,11 @@ class TextTokenizer(MegatronTokenizerBase):
     def eod(self) -> int:
         """End-of-document id appended by ``--append-eod`` and used by GPTDataset."""
         return self.eos
+
+    @property
+    def unique_identifiers(self) -> OrderedDict:
+        """What identifies the tokenizer in megatron-core's dataset cache keys."""
+        return OrderedDict([("class", type(self).__qualname__), ("tokenizer_path", self.path)])
 
     def apply_chat_template(self, *args, **kwargs):
         raise NotImplementedError("chat templates are not used in pretraining")
