@@ -21,12 +21,7 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
 
-from megatron_dwm.data.preprocess import (  # noqa: E402
-    PreprocessConfig,
-    PreprocessError,
-    format_summary,
-    preprocess,
-)
+from megatron_dwm.data.preprocess import PreprocessConfig, preprocess, run_as_command  # noqa: E402
 from megatron_dwm.data.tokenizer import TOKENIZER_TYPES  # noqa: E402
 
 
@@ -73,13 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         strict=args.strict,
         log_interval=args.log_interval,
     )
-    try:
-        stats = preprocess(config)
-    except PreprocessError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(format_summary(stats))
-    return 0
+    return run_as_command(lambda: preprocess(config))
 
 
 if __name__ == "__main__":

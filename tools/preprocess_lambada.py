@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
 
 from megatron_dwm.data.context_target import preprocess_context_target  # noqa: E402
-from megatron_dwm.data.preprocess import PreprocessError, format_summary  # noqa: E402
+from megatron_dwm.data.preprocess import run_as_command  # noqa: E402
 from megatron_dwm.data.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
 
 
@@ -36,16 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-model", required=True)
     parser.add_argument("--strict", action="store_true", help="non-zero exit at the first bad record")
     args = parser.parse_args(argv)
-    try:
-        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
-        stats = preprocess_context_target(
-            args.input, args.output_prefix, tokenizer, text_key=args.json_keys[0], strict=args.strict
-        )
-    except (PreprocessError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(format_summary(stats))
-    return 0
+    return run_as_command(lambda: preprocess_context_target(
+        args.input, args.output_prefix, build_tokenizer(args.tokenizer_type, args.tokenizer_model),
+        text_key=args.json_keys[0], strict=args.strict,
+    ))
 
 
 if __name__ == "__main__":

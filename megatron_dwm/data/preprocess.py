@@ -12,9 +12,10 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy
 
@@ -243,6 +244,18 @@ def format_summary(stats: PreprocessStats) -> str:
     for prefix in stats.outputs:
         lines.append(f"  wrote {prefix}.bin/.idx")
     return "\n".join(lines)
+
+
+def run_as_command(job: Callable[[], PreprocessStats]) -> int:
+    """Exit status of a preprocessing command: 0 with the summary on stdout, or 1 with the error
+    (bad arguments, or bad input under ``--strict``) on stderr."""
+    try:
+        stats = job()
+    except (PreprocessError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_summary(stats))
+    return 0
 
 
 def _reason_order(reason: str) -> int:
