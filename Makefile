@@ -2,8 +2,8 @@
 SHELL := /bin/bash
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
-# Python 3.12: `python3.12` on PATH, else a pyenv-installed 3.12.
-PYTHON ?= $(shell command -v python3.12 2>/dev/null || ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1)
+# Python 3.12: the first that runs of `python3.12` on PATH and pyenv-installed 3.12 versions.
+PYTHON ?= $(shell for p in python3.12 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.12*/bin/python3.12; do "$$p" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && { command -v "$$p"; break; }; done)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
