@@ -6,9 +6,8 @@ What the training loop calls::
     data = build_train_valid_test_datasets(args.data_path, args.split, args.seq_length, args.seed,
                                            tokenizer, args.data_cache_path, (train, valid, test))
     loader = build_pretraining_data_loader(data.train, consumed, micro_batch, dp_rank, dp_size)
-    dwm_valid = ContextTargetDataset(args.dwm_valid_data_path, args.seq_length)
-    valid_loader = build_pretraining_data_loader(dwm_valid, consumed_valid, micro_batch,
-                                                 dp_rank, dp_size, cyclic=True)
+    valid_loader = build_dwm_validation_loader(args.dwm_valid_data_path, args.seq_length,
+                                               consumed_valid, micro_batch, dp_rank, dp_size)
     batch = get_batch(iter_or_none)   # broadcast inside the tensor-parallel group
 """
 
@@ -20,7 +19,11 @@ from megatron_dwm.data.datasets import (
     domain_name,
     parse_data_path,
 )
-from megatron_dwm.data.loaders import CyclicBatchSampler, build_pretraining_data_loader
+from megatron_dwm.data.loaders import (
+    CyclicBatchSampler,
+    build_dwm_validation_loader,
+    build_pretraining_data_loader,
+)
 from megatron_dwm.data.tokenizer import (
     TOKENIZER_TYPES,
     HuggingFaceTokenizer,
@@ -39,6 +42,7 @@ __all__ = [
     "SentencePieceTokenizer",
     "TextTokenizer",
     "TrainValidTestDatasets",
+    "build_dwm_validation_loader",
     "build_pretraining_data_loader",
     "build_tokenizer",
     "build_train_valid_test_datasets",

@@ -16,6 +16,7 @@ import torch
 from megatron.training.datasets.data_samplers import MegatronPretrainingSampler
 
 from megatron_dwm.data.batches import collate_samples
+from megatron_dwm.data.validation import ContextTargetDataset
 
 
 class CyclicBatchSampler:
@@ -78,4 +79,20 @@ def build_pretraining_data_loader(
         collate_fn=collate_samples,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
+    )
+
+
+def build_dwm_validation_loader(
+    dwm_valid_data_path: str,
+    seq_length: int,
+    consumed_samples: int,
+    micro_batch_size: int,
+    data_parallel_rank: int,
+    data_parallel_size: int,
+    create_attention_mask: bool = False,
+) -> torch.utils.data.DataLoader:
+    """The endless loader over ``--dwm-valid-data-path`` (a context + target indexed dataset)."""
+    dataset = ContextTargetDataset(dwm_valid_data_path, seq_length, create_attention_mask)
+    return build_pretraining_data_loader(
+        dataset, consumed_samples, micro_batch_size, data_parallel_rank, data_parallel_size, cyclic=True
     )

@@ -75,6 +75,15 @@ def test_validation_samples_mask_only_the_target(tmp_path, spm_model):
         assert sample["domain_id"].item() == -1 and sample["document_id"].item() == i
 
 
+def test_dwm_validation_loader_cycles_through_the_examples(tmp_path, spm_model):
+    from megatron_dwm.data import build_dwm_validation_loader
+
+    _stats, prefix = _build(tmp_path, spm_model, [{"text": p} for p in PASSAGES])
+    loader = iter(build_dwm_validation_loader(prefix, 32, consumed_samples=1, micro_batch_size=2,
+                                              data_parallel_rank=0, data_parallel_size=1))
+    assert [next(loader)["document_id"].tolist() for _ in range(3)] == [[1, 2], [0, 1], [2, 0]]
+
+
 def test_long_examples_lose_the_start_of_the_context(tmp_path, spm_model):
     passage = " ".join(["kalo mine ruta"] * 40) + " vozi"
     _stats, prefix = _build(tmp_path, spm_model, [{"text": passage}])
