@@ -1,0 +1,157 @@
+"""Training metrics: TensorBoard scalars, a JSONL log, and Megatron-LM's console line.
+
+One rank writes metrics (the one holding the reduced loss); the others need no writer, or a
+`MetricsWriter(None, None)`, which does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+# Non-finite floats are not JSON; they are written as these strings and read back as floats.
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    value = float(value)  # numpy and 0-d torch scalars as well
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+class MetricsWriter:
+    """Writes each iteration's scalars to TensorBoard and/or as one line of a JSONL file.
+
+    JSONL lines are `{"iteration": i, **scalars}`, floats in full precision (they read back
+    bit-exactly), NaN and +-Inf as the strings "NaN", "Infinity", "-Infinity". Every line is
+    flushed; TensorBoard events are flushed on SummaryWriter's schedule (2 min) and by close(). An existing file is appended to (a resumed run); a partial last line left by a
+    killed run is cut off first. Iterations logged after the checkpoint a run resumes from
+    appear twice; readers should keep the last record of an iteration.
+    """
+
+    def __init__(self, tensorboard_dir: str | None, jsonl_path: str | None) -> None:
+        self._tensorboard = None
+        self._jsonl = None
+        if tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(log_dir=tensorboard_dir)
+        if jsonl_path is not None:
+            path = Path(jsonl_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _drop_partial_last_line(path)
+            self._jsonl = open(path, "a", encoding="utf-8")
+
+    def write(self, iteration: int, scalars: dict[str, float]) -> None:
+        """Log `scalars` (tag -> value, e.g. "lm loss", "lm loss/RedPajamaC4") for `iteration`."""
+        if self._tensorboard is not None:
+            for tag, value in scalars.items():
+                self._tensorboard.add_scalar(tag, float(value), iteration)
+        if self._jsonl is not None:
+            record = {"iteration": iteration, **{k: _json_value(v) for k, v in scalars.items()}}
+            self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """End `path` with a newline: complete a whole last record, cut off a partial one."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+            f.write(b"\n")
+        except ValueError:
+            f.truncate(start)
+
+
+def read_metrics(jsonl_path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics JSONL file in file order, non-finite values back as floats.
+
+    A last line that is not valid JSON (a run killed mid-write) is skipped.
+    """
+    lines = Path(jsonl_path).read_text(encoding="utf-8").splitlines()
+    records = []
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if index == len(lines) - 1:
+                break
+            raise
+        records.append({k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in record.items()})
+    return records
+
+
+# Megatron-LM's `training_log` fields in its order, with its formats; losses (any other key
+# containing "loss", e.g. "lm loss/RedPajamaC4") stand where `_LOSSES` does.
+_LOSSES = "<losses>"
+_FIELDS: list[tuple[str, str]] = [
+    ("consumed samples", "{:12d}"),
+    ("elapsed time per iteration (ms)", "{:.1f}"),
+    ("throughput per GPU (TFLOP/s/GPU)", "{:.1f}"),
+    ("learning rate", "{:.6E}"),
+    ("global batch size", "{:5d}"),
+    (_LOSSES, "{:.6E}"),
+    ("loss scale", "{:.1f}"),
+    ("grad norm", "{:.3f}"),
+    ("num zeros", "{:.1f}"),
+    ("params norm", "{:.3f}"),
+    ("number of skipped iterations", "{:3d}"),
+    ("number of nan iterations", "{:3d}"),
+]
+_FORMAT = dict(_FIELDS)
+_RANK = {field: rank for rank, (field, _) in enumerate(_FIELDS)}
+
+
+def _field(key: str) -> str | None:
+    return key if key in _FORMAT else _LOSSES if "loss" in key else None
+
+
+def format_log_line(iteration: int, train_iters: int, scalars: dict[str, float | int],
+                    order: list[str] | None = None) -> str:
+    """One console line in Megatron-LM's format (without its timestamp prefix).
+
+    Megatron-LM's fields come in its order with its formats (losses `%.6E`, integers as
+    integers); other keys follow in the order given, ints as ints and floats `%.6g`. Keys named
+    in `order` come first, in that order.
+    """
+    order = order or []
+
+    def rank(key: str) -> int:
+        return order.index(key) - len(order) if key in order else _RANK.get(_field(key), len(_FIELDS))
+
+    line = " iteration {:8d}/{:8d} |".format(iteration, train_iters)
+    for key in sorted(scalars, key=rank):  # stable: equal ranks keep the caller's order
+        value = scalars[key]
+        spec = _FORMAT.get(_field(key)) or ("{:d}" if isinstance(value, int) else "{:.6g}")
+        line += f" {key}: {spec.format(int(value) if spec.endswith('d}') else value)} |"
+    return line
