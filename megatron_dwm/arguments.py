@@ -10,12 +10,14 @@ import argparse
 import os
 from typing import Sequence
 
+from megatron_dwm.data.tokenizer import TOKENIZER_TYPES
 from megatron_dwm.model.presets import PRESETS, LlamaArch, get_preset
 from megatron_dwm.parallel import RankLayout
 from megatron_dwm.platform import validate_platform_options
 
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                      "num_query_groups", "kv_channels", "max_position_embeddings", "vocab_size")
+LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
 
 
 class ConfigError(ValueError):
@@ -63,9 +65,78 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--micro-batch-size", type=int, default=1, help="samples per micro-batch per DP rank")
     training.add_argument("--global-batch-size", type=int, default=None,
                           help="samples per optimizer step over all DP ranks (default: micro batch x DP)")
-    training.add_argument("--train-iters", type=int, default=10, help="optimizer steps to run")
-    training.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    training.add_argument("--train-iters", type=int, default=10, help="optimizer steps to run in total")
     training.add_argument("--seed", type=int, default=1234, help="random seed")
+    training.add_argument("--exit-interval", type=int, default=None,
+                          help="stop (after a checkpoint, if --save) once the iteration is a multiple of this")
+    training.add_argument("--exit-duration-in-mins", type=float, default=None,
+                          help="stop (after a checkpoint, if --save) once the run has lasted this long")
+    training.add_argument("--exit-signal-handler", action="store_true",
+                          help="on SIGTERM or SIGUSR1 (SLURM pre-emption), save a checkpoint and exit 0")
+    training.add_argument("--max-consecutive-nonfinite-iters", type=int, default=5,
+                          help="an iteration whose loss or gradient is NaN/Inf is skipped; halt after this "
+                               "many in a row")
+
+    optim = parser.add_argument_group("optimizer and learning-rate schedule")
+    optim.add_argument("--lr", type=float, default=3e-4, help="peak learning rate")
+    optim.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the decay")
+    optim.add_argument("--lr-decay-style", default="cosine", choices=LR_DECAY_STYLES,
+                       help="learning-rate decay after warm-up")
+    optim.add_argument("--lr-decay-iters", type=int, default=None,
+                       help="iterations over which the learning rate decays (default: --train-iters)")
+    optim.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warm-up iterations")
+    optim.add_argument("--lr-warmup-init", type=float, default=0.0, help="learning rate at the start of warm-up")
+    optim.add_argument("--lr-wsd-decay-iters", type=int, default=None,
+                       help="iterations of the final decay of the WSD schedule")
+    optim.add_argument("--weight-decay", type=float, default=0.01, help="decoupled weight decay (AdamW)")
+    optim.add_argument("--clip-grad", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
+    optim.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")
+    optim.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2")
+    optim.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-path", nargs="*", default=None,
+                      help="training blend in Megatron's syntax: [weight] prefix [weight] prefix ...")
+    data.add_argument("--split", default="969,30,1",
+                      help="train,valid,test proportions of --data-path (as Megatron-LM)")
+    data.add_argument("--per-split-data-args-path", default=None,
+                      help='JSON file {"train": [...], "valid": [...], "test": [...]} of --data-path lists')
+    data.add_argument("--data-cache-path", default=None,
+                      help="where megatron-core caches dataset indices (default: next to the data)")
+    data.add_argument("--tokenizer-type", default="SentencePieceTokenizer", choices=TOKENIZER_TYPES,
+                      help="tokenizer of the preprocessed data")
+    data.add_argument("--tokenizer-model", default=None,
+                      help="SentencePiece .model or Hugging Face tokenizer.json")
+    data.add_argument("--dwm-valid-data-path", default=None,
+                      help="LAMBADA-style context + target set (tools/preprocess_lambada.py), evaluated "
+                           "every --eval-interval")
+    data.add_argument("--num-workers", type=int, default=2, help="data loader worker processes")
+    data.add_argument("--eod-mask-loss", action="store_true", help="do not train on end-of-document tokens")
+    data.add_argument("--reset-position-ids", action="store_true", help="restart positions at each document")
+    data.add_argument("--reset-attention-mask", action="store_true",
+                      help="do not attend across documents (builds explicit attention masks)")
+
+    checkpoint = parser.add_argument_group("checkpointing")
+    checkpoint.add_argument("--save", default=None, help="checkpoint directory to write")
+    checkpoint.add_argument("--save-interval", type=int, default=None, help="iterations between checkpoints")
+    checkpoint.add_argument("--load", default=None,
+                            help="checkpoint directory to resume from (its newest complete checkpoint)")
+    checkpoint.add_argument("--no-load-optim", action="store_true", help="do not load optimizer and scheduler")
+    checkpoint.add_argument("--no-load-rng", action="store_true", help="do not load the random-number states")
+    checkpoint.add_argument("--finetune", action="store_true",
+                            help="load only the model and start at iteration 0 with fresh data and optimizer")
+
+    logging = parser.add_argument_group("evaluation and logging")
+    logging.add_argument("--eval-interval", type=int, default=1000, help="iterations between evaluations")
+    logging.add_argument("--eval-iters", type=int, default=100,
+                         help="global batches of the valid split per evaluation (0: skip it)")
+    logging.add_argument("--log-interval", type=int, default=100, help="iterations between log lines")
+    logging.add_argument("--tensorboard-dir", default=None, help="TensorBoard event files go here")
+    logging.add_argument("--logging-level", type=int, default=30,
+                         help="level of megatron-core's Python logging (10 debug, 20 info, 30 warning)")
+    logging.add_argument("--metrics-file", default=None,
+                         help="JSON-lines metrics log (default: metrics.jsonl in --tensorboard-dir, "
+                              "else in --save)")
     return parser
 
 
@@ -119,9 +190,95 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
         if args.global_batch_size % (args.micro_batch_size * dp):
             problems.append(f"--global-batch-size {args.global_batch_size} is not divisible by "
                             f"--micro-batch-size {args.micro_batch_size} x data-parallel size {dp}")
-    for flag in ("micro_batch_size", "train_iters", "seq_length"):
+    for flag in ("micro_batch_size", "train_iters", "seq_length", "eval_interval", "log_interval"):
         if getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be >= 1")
+    for flag in ("save_interval", "exit_interval", "lr_decay_iters", "max_consecutive_nonfinite_iters"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            problems.append(f"--{flag.replace('_', '-')} must be >= 1")
+    problems += _schedule_problems(args)
+    problems += _data_problems(args)
+    problems += _output_problems(args)
     problems += validate_platform_options(args.use_distributed_optimizer)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _schedule_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    if args.lr_warmup_iters < 0 or (args.lr_decay_iters and args.lr_warmup_iters >= max(args.lr_decay_iters, 1)
+                                    and args.lr_warmup_iters > 0):
+        problems.append(f"--lr-warmup-iters {args.lr_warmup_iters} must be >= 0 and below --lr-decay-iters "
+                        f"{args.lr_decay_iters}")
+    if not 0 <= args.min_lr <= args.lr:
+        problems.append(f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
+    if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
+        problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters")
+    return problems
+
+
+def _data_problems(args: argparse.Namespace) -> list[str]:
+    """Missing or unreadable inputs: data prefixes, split file, tokenizer, LAMBADA-style set."""
+    problems = []
+    if (args.data_path is None) == (args.per_split_data_args_path is None):
+        problems.append("give the training data with exactly one of --data-path and --per-split-data-args-path")
+    elif args.data_path is not None:
+        problems += _blend_problems("--data-path", args.data_path)
+    elif not os.path.isfile(args.per_split_data_args_path):
+        problems.append(f"--per-split-data-args-path {args.per_split_data_args_path}: no such file")
+    if args.tokenizer_model is None:
+        problems.append(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-model (a .model or tokenizer.json)")
+    elif not os.path.isfile(args.tokenizer_model):
+        problems.append(f"--tokenizer-model {args.tokenizer_model}: no such file")
+    if args.dwm_valid_data_path is not None and not _indexed_exists(args.dwm_valid_data_path):
+        problems.append(f"--dwm-valid-data-path: no {args.dwm_valid_data_path}.bin/.idx")
+    return problems
+
+
+def _blend_problems(flag: str, data_path: list[str]) -> list[str]:
+    if not data_path:
+        return [f"{flag} is empty"]
+    prefixes = data_path if len(data_path) == 1 else data_path[1::2]
+    if len(data_path) > 1 and len(data_path) % 2:
+        return [f"{flag}: expected weight prefix pairs, got {len(data_path)} values"]
+    if len(data_path) > 1:
+        try:
+            weights = [float(w) for w in data_path[0::2]]
+        except ValueError:
+            return [f"{flag}: expected weight prefix pairs, found a non-numeric weight in {data_path[0::2]}"]
+        if any(w <= 0 for w in weights):
+            return [f"{flag}: weights must be positive, got {weights}"]
+    return [f"{flag}: no {prefix}.bin/.idx" for prefix in prefixes if not _indexed_exists(prefix)]
+
+
+def _indexed_exists(prefix: str) -> bool:
+    return os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")
+
+
+def _output_problems(args: argparse.Namespace) -> list[str]:
+    """Output directories that cannot be written; checkpoint intervals without a place to save."""
+    problems = []
+    for flag in ("save", "tensorboard_dir"):
+        path = getattr(args, flag)
+        if path is not None and not _writable_dir(path):
+            problems.append(f"--{flag.replace('_', '-')} {path}: cannot create or write this directory")
+    if args.metrics_file is not None and not _writable_dir(os.path.dirname(os.path.abspath(args.metrics_file))):
+        problems.append(f"--metrics-file {args.metrics_file}: its directory cannot be written")
+    if args.save_interval is not None and args.save is None:
+        problems.append("--save-interval needs --save")
+    if args.load is not None and os.path.exists(args.load) and not os.path.isdir(args.load):
+        problems.append(f"--load {args.load}: not a directory")
+    return problems
+
+
+def _writable_dir(path: str) -> bool:
+    """True if `path` is a writable directory or could be created (its nearest existing parent is)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)

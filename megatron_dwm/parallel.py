@@ -77,6 +77,7 @@ class ParallelContext:
     layout: RankLayout
     rank: int
     pg_collection: ProcessGroupCollection | None
+    llm_group: dist.ProcessGroup | None = None  # all LLM ranks 0..T-1 (None off them)
 
     @property
     def is_llm_rank(self) -> bool:
@@ -153,11 +154,17 @@ def initialize_parallel(
         local_world_size=layout.llm_world_size,
         distributed_timeout_minutes=timeout_minutes,
     )
+    if layout.llm_world_size == layout.world_size:
+        llm_group = dist.group.WORLD
+    else:
+        llm_group = dist.new_group(list(range(layout.llm_world_size)))  # collective: every rank calls it
     pg_collection = None
     if layout.is_llm_rank(rank):
         pg_collection = ProcessGroupCollection.use_mpu_process_groups()
         seed_everything(seed)
-    return ParallelContext(layout, rank, pg_collection)
+    else:
+        llm_group = None
+    return ParallelContext(layout, rank, pg_collection, llm_group)
 
 
 def seed_everything(seed: int) -> None:

@@ -13,8 +13,18 @@ from megatron_dwm.arguments import ConfigError, build_parser, model_arch, valida
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _validate(flags: list[str], world_size: int) -> None:
-    validate_args(build_parser().parse_args(flags), world_size)
+@pytest.fixture
+def data_flags(corpus) -> list[str]:
+    return ["--data-path", *corpus["data_path"], "--tokenizer-type", "HuggingFaceTokenizer",
+            "--tokenizer-model", str(corpus["tokenizer"])]
+
+
+@pytest.fixture
+def _validate(data_flags):
+    def validate(flags: list[str], world_size: int) -> None:
+        validate_args(build_parser().parse_args([*data_flags, *flags]), world_size)
+
+    return validate
 
 
 @pytest.mark.parametrize("flags,world_size,message", [
@@ -29,20 +39,20 @@ def _validate(flags: list[str], world_size: int) -> None:
      "--global-batch-size 6 is not divisible by --micro-batch-size 2 x data-parallel size 2"),
     (["--use-distributed-optimizer"], 1, "--use-distributed-optimizer needs a GPU"),
 ])
-def test_impossible_configuration_is_named(flags, world_size, message):
+def test_impossible_configuration_is_named(flags, world_size, message, _validate):
     with pytest.raises(ConfigError) as error:
         _validate(flags, world_size)
     assert message in str(error.value)
 
 
-def test_all_problems_are_reported_together():
+def test_all_problems_are_reported_together(_validate):
     with pytest.raises(ConfigError) as error:
         _validate(["--tensor-model-parallel-size", "3", "--pipeline-model-parallel-size", "3"], 9)
     assert "--num-attention-heads" in str(error.value) and "--num-layers" in str(error.value)
 
 
-def test_valid_configuration_fills_the_global_batch():
-    args = build_parser().parse_args(["--tensor-model-parallel-size", "2", "--micro-batch-size", "3"])
+def test_valid_configuration_fills_the_global_batch(data_flags):
+    args = build_parser().parse_args([*data_flags, "--tensor-model-parallel-size", "2", "--micro-batch-size", "3"])
     validate_args(args, world_size=8)
     assert args.global_batch_size == 3 * 4
 
@@ -70,3 +80,53 @@ def test_entry_point_refuses_indivisible_heads_before_any_work():
     assert result.returncode == 2
     assert "--num-attention-heads 4 is not divisible by --tensor-model-parallel-size 3" in result.stderr
     assert "CPU mode on" not in result.stdout
+
+
+# The bad configurations a user meets most, through the entry point: each fails with its message
+# before any process group exists, and creates nothing.
+def _main_fails(argv: list[str], capsys) -> str:
+    import torch.distributed as dist
+
+    import pretrain_dwm
+
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_dwm.main(argv)
+    assert exit_info.value.code == 2
+    assert not dist.is_initialized()
+    return capsys.readouterr().err
+
+
+def test_global_batch_not_divisible_by_micro_batch_times_dp(data_flags, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    err = _main_fails([*data_flags, "--micro-batch-size", "2", "--global-batch-size", "12"], capsys)
+    assert "--global-batch-size 12 is not divisible by --micro-batch-size 2 x data-parallel size 4" in err
+
+
+def test_missing_data_is_named(data_flags, capsys, tmp_path):
+    err = _main_fails(data_flags[data_flags.index("--tokenizer-type"):], capsys)
+    assert "give the training data with exactly one of --data-path and --per-split-data-args-path" in err
+    err = _main_fails([*data_flags, "--data-path", "1", str(tmp_path / "nowhere")], capsys)
+    assert f"--data-path: no {tmp_path / 'nowhere'}.bin/.idx" in err
+
+
+def test_missing_tokenizer_is_named(data_flags, capsys, tmp_path):
+    err = _main_fails(data_flags[:-2], capsys)
+    assert "--tokenizer-type HuggingFaceTokenizer needs --tokenizer-model" in err
+    err = _main_fails([*data_flags, "--tokenizer-model", str(tmp_path / "tok.json")], capsys)
+    assert f"--tokenizer-model {tmp_path / 'tok.json'}: no such file" in err
+
+
+def test_unwritable_save_dir_is_named(data_flags, capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    err = _main_fails([*data_flags, "--save", str(blocker / "ckpt"), "--tensorboard-dir", str(blocker / "tb")],
+                      capsys)
+    assert f"--save {blocker / 'ckpt'}: cannot create or write this directory" in err
+    assert f"--tensorboard-dir {blocker / 'tb'}: cannot create or write this directory" in err
+
+
+def test_missing_lambada_style_set_and_orphan_save_interval(data_flags, capsys, tmp_path):
+    err = _main_fails([*data_flags, "--dwm-valid-data-path", str(tmp_path / "lambada"), "--save-interval", "5"],
+                      capsys)
+    assert f"--dwm-valid-data-path: no {tmp_path / 'lambada'}.bin/.idx" in err
+    assert "--save-interval needs --save" in err

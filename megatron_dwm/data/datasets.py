@@ -136,7 +136,30 @@ def build_train_valid_test_datasets(
         create_attention_mask=create_attention_mask,
         num_dataset_builder_threads=num_dataset_builder_threads,
     )
+    if config.split_matrix is not None:
+        _skip_unused_splits(config, samples)
+        _check_splits_have_documents(config.split_matrix, blend[0], split)
     train, valid, test = BlendedMegatronDatasetBuilder(
         DomainGPTDataset, list(samples), is_built_on_rank, config
     ).build()
     return TrainValidTestDatasets(train, valid, test, [domain_name(p) for p in train_prefixes])
+
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def _skip_unused_splits(config: GPTDatasetConfig, samples: Sequence[Optional[int]]) -> None:
+    """Splits asked for 0 samples are not built at all (their share of documents stays unused)."""
+    config.split_matrix = [None if count == 0 else bounds for count, bounds in zip(samples, config.split_matrix)]
+
+
+def _check_splits_have_documents(split_matrix, prefixes: Sequence[str], split: str) -> None:
+    """megatron-core cannot build a split that holds no document of a prefix (it never finishes)."""
+    for prefix in prefixes:
+        documents = len(IndexedDataset(prefix).document_indices) - 1
+        for name, bounds in zip(SPLIT_NAMES, split_matrix):
+            if bounds is not None and round(bounds[0] * documents) == round(bounds[1] * documents):
+                raise ValueError(
+                    f"--split {split} leaves the {name} split no document of {prefix} ({documents} documents); "
+                    f"give the {name} split a larger share or use more data"
+                )

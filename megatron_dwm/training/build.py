@@ -6,16 +6,18 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 
 
-def wrap_ddp(model, config=None):
+def wrap_ddp(model, config=None, use_distributed_optimizer: bool = False):
     """megatron-core DDP around one model chunk (gradients reduced in fp32, no overlap)."""
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                               use_distributed_optimizer=False)
+                                               use_distributed_optimizer=use_distributed_optimizer)
     return DistributedDataParallel(model.config if config is None else config, ddp_config, model)
 
 
 def build_optimizer(ddp_model, lr: float, weight_decay: float = 0.01, clip_grad: float = 1.0,
-                    bf16: bool = False, use_distributed_optimizer: bool = False) -> MegatronOptimizer:
+                    bf16: bool = False, use_distributed_optimizer: bool = False, min_lr: float = 0.0,
+                    adam_beta1: float = 0.9, adam_beta2: float = 0.999, adam_eps: float = 1e-8) -> MegatronOptimizer:
     """megatron-core's Adam (mixed precision with fp32 master weights when bf16)."""
-    config = OptimizerConfig(optimizer="adam", lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
-                             bf16=bf16, use_distributed_optimizer=use_distributed_optimizer)
+    config = OptimizerConfig(optimizer="adam", lr=lr, min_lr=min_lr, weight_decay=weight_decay, clip_grad=clip_grad,
+                             bf16=bf16, use_distributed_optimizer=use_distributed_optimizer,
+                             adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_eps=adam_eps)
     return get_megatron_optimizer(config, [ddp_model])

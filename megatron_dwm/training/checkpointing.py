@@ -21,6 +21,7 @@ from typing import Any
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_dwm.model.presets import LlamaArch
@@ -82,10 +83,14 @@ def save_checkpoint(
     model: MegatronModule | list[MegatronModule],
     arch: LlamaArch,
     common: dict[str, Any] | None = None,
+    optimizer: MegatronOptimizer | None = None,
+    sharded: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the model (plus `common`, saved once) under `root` and point the tracker at it.
+    """Write the model (plus the optimizer, `sharded` per-rank entries and `common`, which is saved
+    once) under `root`, then point the tracker at it.
 
-    Collective over the LLM ranks (every rank of the model must call it).
+    Collective over the LLM ranks (every rank of the model must call it). A reader never sees a
+    partial checkpoint: it is written under a hidden name and renamed when complete.
     """
     root = Path(root)
     final = root / checkpoint_name(iteration)
@@ -96,7 +101,7 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
     dist.barrier()
-    state = _model_sharded_state_dict(model)
+    state = _training_state_dict(model, optimizer, sharded, is_loading=False)
     state.update(
         checkpoint_version=CHECKPOINT_VERSION,
         iteration=iteration,
@@ -104,36 +109,72 @@ def save_checkpoint(
         padded_vocab_size=_model_chunks(model)[0].vocab_size,
         **(common or {}),
     )
+    _start_write_results_queue()
     dist_checkpointing.save(state, str(staging))
     dist.barrier()
     if rank0:
-        shutil.rmtree(final, ignore_errors=True)
+        previous = root / f".{final.name}.replaced"
+        if final.exists():
+            os.replace(final, previous)
         os.replace(staging, final)
         _write_atomically(root / TRACKER_FILE, str(iteration))
+        shutil.rmtree(previous, ignore_errors=True)
     dist.barrier()
     return final
 
 
 def load_checkpoint(
-    root: str | os.PathLike, model: MegatronModule | list[MegatronModule], strict: bool = True
+    root: str | os.PathLike,
+    model: MegatronModule | list[MegatronModule],
+    strict: bool = True,
+    optimizer: MegatronOptimizer | None = None,
+    sharded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Load the newest checkpoint under `root` into `model` (any TP/PP); return its common state."""
+    """Load the newest complete checkpoint under `root` into `model` (any TP/PP) and `optimizer`.
+
+    Returns the checkpoint's common state plus the loaded `sharded` entries (by their keys).
+    """
     path = latest_checkpoint_dir(root)
-    state = dist_checkpointing.load(_model_sharded_state_dict(model), str(path))
+    state = dist_checkpointing.load(_training_state_dict(model, optimizer, sharded, is_loading=True), str(path))
     chunks = _model_chunks(model)
     keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
     for key, chunk in zip(keys, chunks):
         chunk.load_state_dict(state.pop(key), strict=strict)
+    if optimizer is not None:
+        optimizer.load_state_dict(state.pop("optimizer"))
+    return state
+
+
+def _training_state_dict(model, optimizer, sharded, is_loading: bool) -> dict[str, Any]:
+    state = _model_sharded_state_dict(model)
+    if optimizer is not None:
+        if len(state) != 1:
+            raise NotImplementedError("optimizer checkpoints support one model chunk (no virtual pipeline)")
+        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=is_loading)
+    state.update(sharded or {})
     return state
 
 
 def read_checkpoint_common(root: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's non-tensor state (arch, padded_vocab_size, iteration, ...), read without a model."""
     path = latest_checkpoint_dir(root)
+    if not (path / "metadata.json").is_file():
+        raise ValueError(f"{path}: not a megatron-core distributed checkpoint (no metadata.json)")
     common = dist_checkpointing.load_common_state_dict(str(path))
     if "arch" not in common or "padded_vocab_size" not in common:
         raise ValueError(f"{path}: not a megatron-dwm checkpoint (no 'arch'/'padded_vocab_size' entries)")
     return common
+
+
+def _start_write_results_queue() -> None:
+    """megatron-core's writer collects results through a queue served by a helper process, started
+    on first use with 'spawn' (seconds: it imports torch). On CPU, start it with 'fork' instead."""
+    from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
+
+    from megatron_dwm.platform import get_platform
+
+    if get_platform().device.type == "cpu":
+        get_write_results_queue("fork")
 
 
 def _write_atomically(path: Path, text: str) -> None:

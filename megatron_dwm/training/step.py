@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from megatron.core.pipeline_parallel import get_forward_backward_func
+
+if TYPE_CHECKING:
+    from megatron_dwm.training.loss import WeightedLoss
 
 
 def forward_backward(model, tokens: torch.Tensor, micro_batch_size: int, forward_only: bool = False):
@@ -34,3 +39,31 @@ def forward_backward(model, tokens: torch.Tensor, micro_batch_size: int, forward
                                 num_microbatches=num_microbatches, seq_length=seq,
                                 micro_batch_size=micro_batch_size, forward_only=forward_only)
     return torch.cat(per_token) if per_token else None
+
+
+def run_global_batch(
+    model,
+    microbatches: list[dict[str, torch.Tensor]],
+    weights: list[torch.Tensor] | None,
+    loss: "WeightedLoss",
+    forward_only: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """This DP rank's micro batches through megatron-core's pipeline schedule with the weighted loss.
+
+    ``weights[k]`` weighs the samples of ``microbatches[k]`` (None: all ones). Gradients are
+    accumulated into the DDP buffers and reduced over data-parallel ranks unless ``forward_only``.
+    Returns (per-sample losses, domain ids) of this rank's samples on the last pipeline stage,
+    None elsewhere.
+    """
+    tokens = microbatches[0]["tokens"]
+    batches = iter(range(len(microbatches)))
+    loss.reset()
+
+    def step(data_iterator, chunk):
+        index = next(data_iterator)
+        return loss.forward(chunk, microbatches[index], None if weights is None else weights[index], forward_only)
+
+    get_forward_backward_func()(forward_step_func=step, data_iterator=batches, model=[model],
+                                num_microbatches=len(microbatches), seq_length=tokens.shape[1],
+                                micro_batch_size=tokens.shape[0], forward_only=forward_only)
+    return loss.collected()

@@ -1,0 +1,89 @@
+"""The loop's data: training blend, valid split and LAMBADA-style set, positioned for resume.
+
+Datasets are built on tensor-parallel rank 0 of every pipeline stage; the other TP ranks receive
+each micro batch by broadcast (:func:`megatron_dwm.data.get_batch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Iterator, Optional
+
+import torch
+from megatron.core import parallel_state
+
+from megatron_dwm.data import (
+    ContextTargetDataset,
+    build_pretraining_data_loader,
+    build_train_valid_test_datasets,
+    get_batch,
+)
+from megatron_dwm.data.tokenizer import TextTokenizer
+from megatron_dwm.training.progress import TrainingProgress
+
+Microbatch = dict[str, torch.Tensor]
+
+
+def dataset_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
+    """Samples of the train and valid splits for the whole run (Megatron-LM's rule); the test split
+    is not used by training and is not built."""
+    evaluations = args.train_iters // args.eval_interval + 1
+    return (args.train_iters * args.global_batch_size, evaluations * args.eval_iters * args.global_batch_size, 0)
+
+
+class TrainingData:
+    """Iterators over micro batches of this DP rank for training, validation and the LAMBADA-style set."""
+
+    def __init__(self, args: argparse.Namespace, tokenizer: TextTokenizer, progress: TrainingProgress,
+                 device: torch.device) -> None:
+        self.args = args
+        self.device = device
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.num_microbatches = args.global_batch_size // (args.micro_batch_size * self.dp_size)
+        self.is_source = parallel_state.get_tensor_model_parallel_rank() == 0
+        datasets = build_train_valid_test_datasets(
+            args.data_path, args.split, args.seq_length, args.seed, tokenizer, args.data_cache_path,
+            dataset_sizes(args), per_split_data_args_path=args.per_split_data_args_path,
+            reset_position_ids=args.reset_position_ids, reset_attention_mask=args.reset_attention_mask,
+            eod_mask_loss=args.eod_mask_loss, create_attention_mask=args.reset_attention_mask,
+        )
+        self.domains = datasets.domains
+        self.train = self._loader(datasets.train, progress.consumed_train_samples, args.num_workers)
+        self.valid = self._loader(datasets.valid, progress.consumed_valid_samples, 0)
+        self.has_valid = args.eval_iters > 0 and self._broadcast_flag(datasets.valid is not None)
+        self.lambada: Optional[ContextTargetDataset] = None
+        if args.dwm_valid_data_path and self.is_source:
+            self.lambada = ContextTargetDataset(args.dwm_valid_data_path, args.seq_length,
+                                                args.reset_attention_mask)
+
+    def _loader(self, dataset, consumed: int, num_workers: int) -> Optional[Iterator[Microbatch]]:
+        if dataset is None or not self.is_source:
+            return None
+        return iter(build_pretraining_data_loader(dataset, consumed, self.args.micro_batch_size, self.dp_rank,
+                                                  self.dp_size, num_workers=num_workers))
+
+    def _broadcast_flag(self, value: bool) -> bool:
+        flag = torch.tensor([int(value)], device=self.device)
+        torch.distributed.broadcast(flag, torch.distributed.get_global_rank(
+            parallel_state.get_tensor_model_parallel_group(), 0), group=parallel_state.get_tensor_model_parallel_group())
+        return bool(flag.item())
+
+    def next_global_batch(self, iterator: Optional[Iterator[Microbatch]]) -> list[Microbatch]:
+        """This DP rank's share of the next global batch, as micro batches on every TP rank."""
+        return [get_batch(iterator, device=self.device) for _ in range(self.num_microbatches)]
+
+    def lambada_batches(self) -> tuple[Optional[Iterator[Microbatch]], int]:
+        """A fresh pass over the LAMBADA-style set: (iterator, number of whole global batches).
+
+        Every evaluation scores the same first ``len // global_batch`` global batches of the set.
+        """
+        size = torch.tensor([len(self.lambada) if self.lambada is not None else 0], device=self.device)
+        torch.distributed.all_reduce(size, op=torch.distributed.ReduceOp.MAX,
+                                     group=parallel_state.get_tensor_model_parallel_group())
+        batches = int(size.item()) // self.args.global_batch_size
+        if self.lambada is None:
+            return None, batches
+        loader = build_pretraining_data_loader(self.lambada, 0, self.args.micro_batch_size, self.dp_rank,
+                                               self.dp_size, cyclic=True)
+        return iter(loader), batches

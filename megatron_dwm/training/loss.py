@@ -1,0 +1,79 @@
+"""The weighted training loss of one micro batch (DESIGN.md section 5).
+
+Per-sample loss ``l_i = sum_t m_it l_it / sum_t m_it`` and micro-batch loss ``sum_i w_i l_i / b``.
+megatron-core's schedule divides each micro batch's loss by the number of micro batches and its
+DDP averages gradients over data-parallel ranks, so the step minimises ``sum_i w_i l_i / n`` over
+the global batch of ``n`` samples, exactly as Megatron-LM reduces its loss.
+
+Two implementations of the same loss, chosen by ``--loss-kernel``:
+
+- ``torch``: megatron-core's ``labels=`` path (vocab-parallel cross-entropy) gives per-token
+  losses; the per-sample reduction and weighting happen here. The reference, used on CPU.
+- ``fused``: the model returns its vocab-parallel logits and :mod:`megatron_dwm.ops`' Triton
+  kernel does cross-entropy, masking, per-sample reduction and weighting in one pass.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from megatron_dwm.ops import per_sample_cross_entropy, resolve_loss_kernel, weighted_cross_entropy
+
+LossFunc = Callable[[torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+def per_sample_loss(per_token: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over each sample's tokens, in fp32: [b, s] -> [b] (0 for a fully masked sample)."""
+    mask = loss_mask.float()
+    return (per_token.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+class WeightedLoss:
+    """Runs one micro batch through a model chunk and builds the schedule's loss function.
+
+    Every per-sample loss computed on this rank is appended to ``self.per_sample`` (with the
+    sample's domain id in ``self.domain_id``) so the caller can report and reuse them.
+    """
+
+    def __init__(self, kernel: str, device: torch.device) -> None:
+        self.kernel = resolve_loss_kernel(kernel, device)
+        self.per_sample: list[torch.Tensor] = []
+        self.domain_id: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        self.per_sample.clear()
+        self.domain_id.clear()
+
+    def forward(self, chunk, batch: dict[str, torch.Tensor], weights: torch.Tensor | None,
+                forward_only: bool) -> tuple[torch.Tensor, LossFunc]:
+        """``chunk(batch)`` and the loss function megatron-core's schedule applies to its output."""
+        fused = self.kernel == "fused"
+        output = chunk(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
+                       labels=None if fused else batch["labels"])
+        if weights is None:
+            weights = torch.ones(batch["tokens"].shape[0], device=batch["tokens"].device)
+
+        def loss_func(output_tensor: torch.Tensor) -> tuple[torch.Tensor, dict]:
+            if not fused:
+                losses = per_sample_loss(output_tensor, batch["loss_mask"])
+                loss = (weights.detach() * losses).sum() / losses.shape[0]
+            elif forward_only:
+                losses = per_sample_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"],
+                                                  kernel="fused", sequence_first=False)
+                loss = (weights.detach() * losses).sum() / losses.shape[0]
+            else:
+                loss, losses = weighted_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"],
+                                                      weights.detach(), kernel="fused", sequence_first=False)
+            self.per_sample.append(losses.detach())
+            self.domain_id.append(batch["domain_id"])
+            return loss, {"lm loss": loss.detach()}
+
+        return output, loss_func
+
+    def collected(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(per-sample losses, domain ids) of every micro batch since ``reset``; None off the last stage."""
+        if not self.per_sample:
+            return None
+        return torch.cat(self.per_sample), torch.cat(self.domain_id)

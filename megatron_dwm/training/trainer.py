@@ -1,0 +1,385 @@
+"""The pretraining loop on megatron-core: build, resume, train, evaluate, checkpoint, log.
+
+One iteration (``train_step``): read this DP rank's micro batches of the global batch, ask the
+sample weighting for their weights (uniform unless a weighting is attached), run megatron-core's
+pipeline schedule with the weighted per-sample loss, agree over all LLM ranks on NaN/Inf and
+stop requests, then take (or skip) the optimizer and learning-rate steps.
+
+Every stateful piece is saved in the checkpoint: model and optimizer (sharded), RNG states (per
+rank), scheduler, progress counters (iteration, consumed samples: the data position), and any
+component registered with :meth:`Trainer.register_state`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import time
+from typing import Any, Iterator, Protocol
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from megatron_dwm.arguments import model_arch
+from megatron_dwm.data import build_tokenizer
+from megatron_dwm.model.provider import build_llama_model, llama_transformer_config, padded_vocab_size
+from megatron_dwm.parallel import ParallelContext
+from megatron_dwm.platform import get_platform
+from megatron_dwm.training import checkpointing
+from megatron_dwm.training.build import build_optimizer, wrap_ddp
+from megatron_dwm.training.data_iterators import Microbatch, TrainingData
+from megatron_dwm.training.evaluation import LossTotals, evaluate
+from megatron_dwm.training.faults import (
+    Deadline,
+    NonFiniteStepsError,
+    StopSignalHandler,
+    agree,
+    grads_are_finite,
+)
+from megatron_dwm.training.flops import model_flops_utilization, num_floating_point_operations, peak_flops_per_device
+from megatron_dwm.training.loss import WeightedLoss
+from megatron_dwm.training.metrics import MetricsWriter, format_log_line
+from megatron_dwm.training.progress import TrainingProgress
+from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, set_rng_state, sharded_rng_state
+from megatron_dwm.training.step import run_global_batch
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class SampleWeighting(Protocol):
+    """Where per-sample weights come from (the DWM plugs in here)."""
+
+    def weights(self, microbatches: list[Microbatch], progress: TrainingProgress) -> list[torch.Tensor] | None:
+        """Weights of this rank's samples, one tensor per micro batch (None: all ones)."""
+
+
+class UniformWeighting:
+    """The baseline: every sample weighs 1."""
+
+    def weights(self, microbatches: list[Microbatch], progress: TrainingProgress) -> list[torch.Tensor] | None:
+        return [torch.ones(batch["tokens"].shape[0], device=batch["tokens"].device) for batch in microbatches]
+
+
+def print_rank0(message: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, flush=True)
+
+
+class Trainer:
+    """Owns the model, optimizer, scheduler, data and progress of one run on the LLM ranks."""
+
+    def __init__(self, args: argparse.Namespace, context: ParallelContext) -> None:
+        self.args = args
+        self.context = context
+        self.device = get_platform().device
+        self.progress = TrainingProgress()
+        self.weighting: SampleWeighting = UniformWeighting()
+        self.components: dict[str, Stateful] = {}
+        self.deadline = Deadline(args.exit_duration_in_mins)
+
+        tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+        self.arch = model_arch(args).with_overrides(vocab_size=args.vocab_size or tokenizer.vocab_size)
+        tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+        self.padded_vocab = padded_vocab_size(self.arch.vocab_size, tp, args.make_vocab_size_divisible_by)
+        config = llama_transformer_config(self.arch, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                          bf16=args.bf16)
+        model = build_llama_model(self.arch, config, self.padded_vocab, args.seq_length,
+                                  pg_collection=context.pg_collection)
+        self.model = wrap_ddp(model, use_distributed_optimizer=args.use_distributed_optimizer)
+        self.optimizer = build_optimizer(
+            self.model, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, clip_grad=args.clip_grad,
+            bf16=args.bf16, use_distributed_optimizer=args.use_distributed_optimizer,
+            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps)
+        config.finalize_model_grads_func = finalize_model_grads
+        config.grad_scale_func = self.optimizer.scale_loss
+        self.scheduler = self._build_scheduler()
+        self.loss = WeightedLoss(args.loss_kernel, self.device)
+
+        if args.load:
+            self.load(args.load)
+        self.data = TrainingData(args, tokenizer, self.progress, self.device)
+        self.flops_per_step = num_floating_point_operations(self.arch, self.padded_vocab, args.seq_length,
+                                                            args.global_batch_size)
+        self.peak_flops = peak_flops_per_device(torch.cuda.get_device_name(), args.bf16) \
+            if self.device.type == "cuda" else None
+        self.is_logging_rank = context.rank == context.layout.llm_world_size - 1  # last stage, as Megatron
+        self.metrics = MetricsWriter(args.tensorboard_dir, self._metrics_path()) if self.is_logging_rank else None
+        self._interval = _IntervalStats(len(self.data.domains))
+
+    # -- state -------------------------------------------------------------------------------
+    def register_state(self, name: str, component: Stateful) -> None:
+        """Save `component.state_dict()` in every checkpoint and restore it on load (replicated state,
+        written once by rank 0). Register before :meth:`load` runs to have it restored."""
+        if name in self.components or name in ("progress", "scheduler"):
+            raise ValueError(f"checkpoint component {name!r} is already registered")
+        self.components[name] = component
+
+    def save(self) -> None:
+        if not self.args.save:
+            return
+        sizes, _ = rank_coordinates()
+        common = {
+            "progress": self.progress.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_layout": sizes,
+            "components": {name: component.state_dict() for name, component in self.components.items()},
+            "args": {key: value for key, value in vars(self.args).items() if _plain(value)},
+        }
+        start = time.time()
+        path = checkpointing.save_checkpoint(self.args.save, self.progress.iteration, self.model, self.arch,
+                                             common=common, optimizer=self.optimizer, sharded=sharded_rng_state())
+        print_rank0(f"saved checkpoint at iteration {self.progress.iteration:7d} to {path} "
+                    f"in {time.time() - start:.2f} s")
+
+    def load(self, root: str) -> None:
+        """Resume from the newest complete checkpoint under `root` (a fresh start if there is none)."""
+        try:
+            common = checkpointing.read_checkpoint_common(root)
+        except FileNotFoundError:
+            print_rank0(f"no checkpoint found under --load {root}: training from scratch")
+            return
+        self._check_arch(common["arch"], root)
+        release = common.get("iteration") == checkpointing.RELEASE
+        model_only = release or self.args.finetune or "progress" not in common
+        load_optim = not model_only and not self.args.no_load_optim
+        sizes, _ = rank_coordinates()
+        same_layout = tuple(common.get("rng_layout", ())) == tuple(sizes)
+        load_rng = not model_only and not self.args.no_load_rng and same_layout
+        state = checkpointing.load_checkpoint(root, self.model, optimizer=self.optimizer if load_optim else None,
+                                              sharded=sharded_rng_state() if load_rng else None)
+        if load_rng:
+            set_rng_state(state[RNG_KEY])
+        elif not model_only and not self.args.no_load_rng:
+            print_rank0(f"checkpoint layout (PP, TP, DP) {tuple(common.get('rng_layout', ()))} differs from this "
+                        f"run's {tuple(sizes)}: random states start from --seed")
+        if not model_only:
+            self.progress.load_state_dict(common["progress"])
+            if load_optim:
+                self.scheduler.load_state_dict(common["scheduler"])
+            for name, component in self.components.items():
+                if name in common.get("components", {}):
+                    component.load_state_dict(common["components"][name])
+        what = "model" if model_only else "model, progress" + (", optimizer" if load_optim else "")
+        print_rank0(f"loaded {what} from {checkpointing.latest_checkpoint_dir(root)} "
+                    f"(iteration {self.progress.iteration}, consumed samples {self.progress.consumed_train_samples})")
+
+    def _check_arch(self, saved: dict[str, Any], root: str) -> None:
+        mismatched = [f"{key}: checkpoint {saved[key]}, this run {getattr(self.arch, key)}"
+                      for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                                  "num_query_groups", "kv_channels", "vocab_size")
+                      if key in saved and saved[key] != getattr(self.arch, key)]
+        if mismatched:
+            raise ValueError(f"--load {root}: the checkpoint's model differs from this run's: " + "; ".join(mismatched))
+
+    # -- one iteration -----------------------------------------------------------------------
+    def train_step(self) -> tuple[bool, Any]:
+        """One global batch; returns (stop requested, the step's record for logging)."""
+        args = self.args
+        microbatches = self.data.next_global_batch(self.data.train)
+        weights = self.weighting.weights(microbatches, self.progress)
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        collected = run_global_batch(self.model, microbatches, weights, self.loss)
+        loss_nonfinite = collected is not None and not bool(torch.isfinite(collected[0]).all())
+        decision = agree(loss_nonfinite or not grads_are_finite(self.model),
+                         self._signals is not None and self._signals.received is not None,
+                         self.deadline.passed(), self.context.llm_group, self.device)
+        grad_norm = None
+        if decision.nonfinite:
+            self.progress.skipped_iterations += 1
+            self.progress.consecutive_nonfinite += 1
+        else:
+            updated, grad_norm, _ = self.optimizer.step()
+            if updated:
+                self.scheduler.step(increment=args.global_batch_size)
+            self.progress.consecutive_nonfinite = 0
+        self.progress.iteration += 1
+        self.progress.consumed_train_samples += args.global_batch_size
+        self._interval.add(collected, grad_norm, decision.nonfinite)
+        if decision.nonfinite:
+            print_rank0(f"iteration {self.progress.iteration}: the loss or gradient is NaN/Inf; update skipped "
+                        f"({self.progress.consecutive_nonfinite} in a row, halting at "
+                        f"{args.max_consecutive_nonfinite_iters})")
+            if self.progress.consecutive_nonfinite >= args.max_consecutive_nonfinite_iters:
+                raise NonFiniteStepsError(
+                    f"{self.progress.consecutive_nonfinite} consecutive iterations (up to {self.progress.iteration}) "
+                    f"had a NaN/Inf loss or gradient; halting (--max-consecutive-nonfinite-iters "
+                    f"{args.max_consecutive_nonfinite_iters}). Resume from the last checkpoint with a lower "
+                    "--lr or check the data.")
+        return decision.stop_signal or decision.out_of_time, decision
+
+    # -- the loop ----------------------------------------------------------------------------
+    def train(self) -> int:
+        """Run to --train-iters (or an exit condition); returns the process exit code."""
+        args = self.args
+        print_rank0(f"training from iteration {self.progress.iteration} to {args.train_iters}: "
+                    f"global batch {args.global_batch_size} = {self.data.num_microbatches} micro batches of "
+                    f"{args.micro_batch_size} x DP {self.data.dp_size}")
+        self._signals = StopSignalHandler().__enter__() if args.exit_signal_handler else None
+        saved_at = self.progress.iteration if args.load else None
+        self._interval.restart()
+        try:
+            while self.progress.iteration < args.train_iters:
+                stop, decision = self.train_step()
+                iteration = self.progress.iteration
+                if iteration % args.log_interval == 0:
+                    self._log_training()
+                if iteration % args.eval_interval == 0:
+                    with self._interval.paused():
+                        self.run_evaluation()
+                if stop or (args.exit_interval and iteration % args.exit_interval == 0):
+                    self.save()
+                    reason = ("signal received" if decision.stop_signal else
+                              "--exit-duration-in-mins reached" if decision.out_of_time else "--exit-interval reached")
+                    print_rank0(f"exiting at iteration {iteration}: {reason}")
+                    return 0
+                if args.save_interval and iteration % args.save_interval == 0:
+                    with self._interval.paused():
+                        self.save()
+                    saved_at = iteration
+            if args.train_iters % args.eval_interval:
+                self.run_evaluation()
+            if saved_at != self.progress.iteration:
+                self.save()
+            return 0
+        finally:
+            if self._signals is not None:
+                self._signals.__exit__()
+            if self.metrics is not None:
+                self.metrics.close()
+
+    _signals: StopSignalHandler | None = None
+
+    # -- evaluation and logging --------------------------------------------------------------
+    def run_evaluation(self) -> None:
+        """Valid split of the blend (--eval-iters global batches) and the LAMBADA-style set."""
+        results: dict[str, float] = {}
+        iteration = self.progress.iteration
+        if self.data.has_valid:
+            totals = evaluate(self.model, lambda: self.data.next_global_batch(self.data.valid), self.args.eval_iters,
+                              self.loss, len(self.data.domains), self.device)
+            self.progress.consumed_valid_samples += self.args.eval_iters * self.args.global_batch_size
+            results.update(_loss_scalars("lm loss validation", totals, self.data.domains))
+        lambada, batches = self.data.lambada_batches()
+        if batches > 0:
+            totals = evaluate(self.model, lambda: self.data.next_global_batch(lambada), batches, self.loss, 0,
+                              self.device)
+            results.update(_loss_scalars("dwm-valid loss", totals, []))
+        if self.is_logging_rank and results:
+            self.metrics.write(iteration, results)
+            line = " | ".join(f"{key}: {value:.6E}" for key, value in results.items() if "/" not in key)
+            bar = "-" * (len(line) + 40)
+            print(f"{bar}\n validation at iteration {iteration} | {line} |\n{bar}", flush=True)
+
+    def _log_training(self) -> None:
+        stats = self._interval
+        if parallel_state.is_pipeline_last_stage():
+            stats.totals.all_reduce(parallel_state.get_data_parallel_group(), self.device)
+        if self.is_logging_rank:
+            args = self.args
+            seconds = stats.seconds_per_iteration()
+            tokens = args.global_batch_size * args.seq_length
+            world = self.context.layout.llm_world_size
+            scalars: dict[str, float] = {
+                "consumed samples": self.progress.consumed_train_samples,
+                "elapsed time per iteration (ms)": 1000.0 * seconds,
+                "throughput per GPU (TFLOP/s/GPU)": self.flops_per_step / seconds / world / 1e12,
+                "learning rate": self.optimizer.param_groups[0]["lr"],
+                "global batch size": args.global_batch_size,
+                "lm loss": stats.totals.mean(),
+                "loss scale": float(self.optimizer.get_loss_scale()),
+                "grad norm": stats.mean_grad_norm(),
+                "number of skipped iterations": stats.skipped,
+                "number of nan iterations": stats.skipped,
+                "tokens per second": tokens / seconds,
+                "samples per second": args.global_batch_size / seconds,
+            }
+            mfu = model_flops_utilization(self.flops_per_step, seconds, world, self.peak_flops)
+            if mfu is not None:
+                scalars["MFU"] = mfu
+            scalars.update({f"lm loss/{name}": value
+                            for name, value in stats.totals.domain_means(self.data.domains).items()})
+            self.metrics.write(self.progress.iteration, scalars)
+            print(format_log_line(self.progress.iteration, args.train_iters,
+                                  {k: v for k, v in scalars.items() if "/" not in k or "TFLOP" in k}), flush=True)
+        stats.restart()
+
+    def _metrics_path(self) -> str | None:
+        import os
+
+        if self.args.metrics_file:
+            return self.args.metrics_file
+        directory = self.args.tensorboard_dir or self.args.save
+        return os.path.join(directory, "metrics.jsonl") if directory else None
+
+    def _build_scheduler(self) -> OptimizerParamScheduler:
+        """Megatron-LM's sample-based schedule: every step counts `global batch size` samples."""
+        args, samples = self.args, self.args.global_batch_size
+        return OptimizerParamScheduler(
+            self.optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr,
+            lr_warmup_steps=args.lr_warmup_iters * samples, lr_decay_steps=args.lr_decay_iters * samples,
+            lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
+            wd_incr_steps=args.train_iters * samples, wd_incr_style="constant",
+            wsd_decay_steps=(args.lr_wsd_decay_iters or 0) * samples or None,
+            lr_wsd_decay_style="exponential" if args.lr_decay_style == "WSD" else None,
+        )
+
+
+class _IntervalStats:
+    """What the console line and TensorBoard report, accumulated since the last log line."""
+
+    def __init__(self, num_domains: int) -> None:
+        self.num_domains = num_domains
+        self.restart()
+
+    def restart(self) -> None:
+        self.totals = LossTotals(self.num_domains)
+        self.grad_norms: list[float] = []
+        self.skipped = 0
+        self.iterations = 0
+        self.start = time.time()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside (evaluation, checkpointing) does not count as iteration time."""
+        start = time.time()
+        try:
+            yield
+        finally:
+            self.start += time.time() - start
+
+    def add(self, collected, grad_norm: float | None, skipped: bool) -> None:
+        if collected is not None and not skipped:
+            self.totals.add(*collected)
+        if grad_norm is not None:
+            self.grad_norms.append(float(grad_norm))
+        self.skipped += int(skipped)
+        self.iterations += 1
+
+    def seconds_per_iteration(self) -> float:
+        return (time.time() - self.start) / max(self.iterations, 1)
+
+    def mean_grad_norm(self) -> float:
+        return sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan
+
+
+def _loss_scalars(name: str, totals: LossTotals | None, domains: list[str]) -> dict[str, float]:
+    if totals is None:
+        return {}
+    loss = totals.mean()
+    scalars = {name: loss, f"{name} ppl": math.exp(min(loss, 50.0))}
+    scalars.update({f"{name}/{domain}": value for domain, value in totals.domain_means(domains).items()})
+    return scalars
+
+
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str)) or (
+        isinstance(value, list) and all(isinstance(item, (int, float, str)) for item in value))

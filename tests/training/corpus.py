@@ -1,0 +1,82 @@
+"""A small synthetic corpus in Megatron's formats, made in a second: per-domain indexed data, a
+LAMBADA-style context + target set and a word-level ``tokenizer.json``.
+
+Each domain is a first-order Markov chain over its own band of the vocabulary, so a model can
+learn it quickly and domains differ in loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy
+
+from megatron_dwm.data.indexed_writer import AtomicIndexedWriter
+
+VOCAB = 200  # word tokens; then <eos>
+DOMAINS = ("RedPajamaC4", "RedPajamaBook", "RedPajamaGithub")
+
+
+def write_tokenizer(path: str) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(VOCAB)} | {"<unk>": VOCAB, "</s>": VOCAB + 1}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(path)
+    with open(os.path.join(os.path.dirname(path), "tokenizer_config.json"), "w") as file:
+        json.dump({"eos_token": "</s>", "unk_token": "<unk>"}, file)
+    return path
+
+
+def _markov_document(rng: numpy.random.Generator, band: range, transitions: numpy.ndarray, length: int):
+    tokens = [band.start + rng.integers(len(band))]
+    for _ in range(length - 1):
+        tokens.append(band.start + rng.choice(len(band), p=transitions[tokens[-1] - band.start]))
+    return numpy.array(tokens + [VOCAB + 1], dtype=numpy.int32)
+
+
+def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0) -> dict[str, object]:
+    """Write the corpus under `directory`; returns its --data-path list, tokenizer and valid prefix."""
+    os.makedirs(directory, exist_ok=True)
+    rng = numpy.random.default_rng(seed)
+    band_width = VOCAB // len(DOMAINS)
+    prefixes = []
+    chains = []
+    for index, domain in enumerate(DOMAINS):
+        band = range(index * band_width, (index + 1) * band_width)
+        transitions = rng.dirichlet(numpy.full(band_width, 0.1), size=band_width)
+        chains.append((band, transitions))
+        prefix = os.path.join(directory, f"{domain}_text_document")
+        writer = AtomicIndexedWriter(prefix, VOCAB + 2)
+        for _ in range(docs_per_domain):
+            writer.add_document([_markov_document(rng, band, transitions, int(rng.integers(20, 150)))])
+        writer.commit()
+        prefixes.append(prefix)
+    valid_prefix = os.path.join(directory, "lambada_style_text_document")
+    writer = AtomicIndexedWriter(valid_prefix, VOCAB + 2)
+    for i in range(40):
+        band, transitions = chains[i % len(chains)]
+        text = _markov_document(rng, band, transitions, int(rng.integers(10, 40)))[:-1]
+        writer.add_document([text[:-2], text[-2:]])
+    writer.commit()
+    weights = ["3", "2", "1"]
+    data_path = [item for pair in zip(weights, prefixes) for item in pair]
+    return {
+        "data_path": data_path,
+        "tokenizer": write_tokenizer(os.path.join(directory, "tokenizer.json")),
+        "valid": valid_prefix,
+    }
+
+
+def training_flags(corpus: dict[str, object], *extra: str) -> list[str]:
+    """A tiny Llama on the synthetic corpus; `extra` flags are appended (and win)."""
+    return [
+        "--model-preset", "tiny", "--seq-length", "64", "--micro-batch-size", "2", "--global-batch-size", "8",
+        "--lr", "3e-3", "--lr-warmup-iters", "1", "--log-interval", "1", "--eval-interval", "1000",
+        "--eval-iters", "1", "--num-workers", "0", "--seed", "7",
+        "--data-path", *corpus["data_path"], "--split", "90,10,0",
+        "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(corpus["tokenizer"]),
+        *extra,
+    ]

@@ -1,0 +1,69 @@
+"""Start pretrain_dwm.py as a job of N rank processes, the way srun does (one process per rank,
+RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT in the environment), so tests can signal or kill them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from megatron_dwm.training.metrics import read_metrics
+from tests.distributed import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Job:
+    def __init__(self, flags: Sequence[str], world_size: int, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        self.logs = [log_dir / f"rank{rank}.log" for rank in range(world_size)]
+        self.processes = []
+        for rank in range(world_size):
+            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                       OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
+            with open(self.logs[rank], "w") as log:
+                self.processes.append(subprocess.Popen([sys.executable, str(REPO / "pretrain_dwm.py"), *flags],
+                                                       cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+    def signal(self, sig: signal.Signals) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(sig)
+
+    def wait(self, timeout: float = 300) -> list[int]:
+        deadline = time.time() + timeout
+        try:
+            return [process.wait(timeout=max(deadline - time.time(), 1)) for process in self.processes]
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            raise AssertionError(f"job did not finish in {timeout} s:\n{self.output()}") from None
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 300, poll: float = 0.01) -> None:
+        deadline = time.time() + timeout
+        while not condition():
+            if time.time() > deadline or all(process.poll() is not None for process in self.processes):
+                self.signal(signal.SIGKILL)
+                raise AssertionError(f"condition not reached:\n{self.output()}")
+            time.sleep(poll)
+
+    def output(self, tail: int = 6000) -> str:
+        return "\n".join(f"--- rank {rank} ---\n{log.read_text()[-tail:]}" for rank, log in enumerate(self.logs))
+
+
+def run_job(flags: Sequence[str], world_size: int, log_dir: Path, timeout: float = 300) -> Job:
+    """Run to completion; fails the test (with the ranks' output) unless every rank exits 0."""
+    job = Job(flags, world_size, log_dir)
+    codes = job.wait(timeout)
+    assert codes == [0] * world_size, f"exit codes {codes}:\n{job.output()}"
+    return job
+
+
+def losses_by_iteration(metrics_file: Path, key: str = "lm loss") -> dict[int, float]:
+    """The last record of `key` for each iteration (a resumed run may repeat iterations)."""
+    return {record["iteration"]: record[key] for record in read_metrics(metrics_file) if key in record}
