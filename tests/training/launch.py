@@ -18,18 +18,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class Job:
-    def __init__(self, flags: Sequence[str], world_size: int, log_dir: Path) -> None:
+    def __init__(self, flags: Sequence[str], world_size: int, log_dir: Path,
+                 script: Path = REPO / "pretrain_dwm.py", env: dict[str, str] | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         self.logs = [log_dir / f"rank{rank}.log" for rank in range(world_size)]
         self.processes = []
         for rank in range(world_size):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+            rank_env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                       OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
+                       OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO), **(env or {}))
             with open(self.logs[rank], "w") as log:
-                self.processes.append(subprocess.Popen([sys.executable, str(REPO / "pretrain_dwm.py"), *flags],
-                                                       cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+                self.processes.append(subprocess.Popen([sys.executable, str(script), *flags],
+                                                       cwd=REPO, env=rank_env, stdout=log, stderr=subprocess.STDOUT))
 
     def signal(self, sig: signal.Signals) -> None:
         for process in self.processes:
@@ -56,9 +57,9 @@ class Job:
         return "\n".join(f"--- rank {rank} ---\n{log.read_text()[-tail:]}" for rank, log in enumerate(self.logs))
 
 
-def run_job(flags: Sequence[str], world_size: int, log_dir: Path, timeout: float = 300) -> Job:
+def run_job(flags: Sequence[str], world_size: int, log_dir: Path, timeout: float = 300, **job_options) -> Job:
     """Run to completion; fails the test (with the ranks' output) unless every rank exits 0."""
-    job = Job(flags, world_size, log_dir)
+    job = Job(flags, world_size, log_dir, **job_options)
     codes = job.wait(timeout)
     assert codes == [0] * world_size, f"exit codes {codes}:\n{job.output()}"
     return job
