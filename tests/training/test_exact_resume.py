@@ -76,3 +76,17 @@ def test_resume_after_sigkill_and_sigterm_is_bit_exact(layout, corpus, reference
         assert loss == reference[iteration], (iteration, loss, reference[iteration])
     grad_norms = losses_by_iteration(reference_runs(layout) / "metrics.jsonl", "grad norm")
     assert losses_by_iteration(final_log, "grad norm") == {i: grad_norms[i] for i in final_losses}
+
+
+def test_checkpoint_reshards_to_another_layout(corpus, reference_runs, tmp_path):
+    """The TP=1 x DP=2 checkpoint loads into TP=2 x PP=2: same validation loss (up to fp32 reassociation);
+    the random states, tied to the layout, start from the seed instead."""
+    reference_dir = reference_runs("tp1-dp2")
+    reference = losses_by_iteration(reference_dir / "metrics.jsonl", "lm loss validation")
+    metrics = tmp_path / "metrics.jsonl"
+    job = run_job(training_flags(corpus, *LAYOUTS["tp2-pp2"][1], "--train-iters", str(2 * N), "--load",
+                                 str(reference_dir / "ckpt"), "--metrics-file", str(metrics)), 4, tmp_path / "logs")
+    assert "differs from this run's (2, 2, 1): random states start from --seed" in job.output()
+    resharded = losses_by_iteration(metrics, "lm loss validation")
+    assert list(resharded) == list(reference) == [2 * N]
+    assert abs(resharded[2 * N] - reference[2 * N]) < 1e-5 * reference[2 * N]
