@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from typing import Iterator
 
 import torch
@@ -47,6 +48,13 @@ class CyclicBatchSampler:
             yield [(position + i) % self.dataset_size for i in range(self.micro_batch_size)]
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """Data-loader workers leave SIGTERM / SIGUSR1 (pre-emption) to the training process, which
+    saves a checkpoint and exits; a worker dying of the signal would abort that save."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def build_pretraining_data_loader(
     dataset: torch.utils.data.Dataset,
     consumed_samples: int,
@@ -77,6 +85,7 @@ def build_pretraining_data_loader(
         batch_sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate_samples,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )

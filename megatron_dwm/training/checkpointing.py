@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def save_checkpoint(
         padded_vocab_size=_model_chunks(model)[0].vocab_size,
         **(common or {}),
     )
-    _start_write_results_queue()
+    start_write_results_queue()
     dist_checkpointing.save(state, str(staging))
     dist.barrier()
     if rank0:
@@ -166,15 +167,25 @@ def read_checkpoint_common(root: str | os.PathLike) -> dict[str, Any]:
     return common
 
 
-def _start_write_results_queue() -> None:
-    """megatron-core's writer collects results through a queue served by a helper process, started
-    on first use with 'spawn' (seconds: it imports torch). On CPU, start it with 'fork' instead."""
+def start_write_results_queue() -> None:
+    """Start the helper process of megatron-core's checkpoint writer now, immune to stop signals.
+
+    megatron-core collects write results through a queue served by a helper process, started on
+    the first save. Pre-emption (SLURM) sends SIGTERM to every process of the job, and a helper
+    killed by it would make the very save that the signal asks for fail; so the helper is started
+    with SIGTERM and SIGUSR1 ignored (a disposition it keeps), before training. On CPU it is forked
+    (spawning it costs seconds: it imports torch).
+    """
     from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
 
     from megatron_dwm.platform import get_platform
 
-    if get_platform().device.type == "cpu":
-        get_write_results_queue("fork")
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        get_write_results_queue("fork" if get_platform().device.type == "cpu" else "spawn")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -105,6 +105,8 @@ class Trainer:
 
         if args.load:
             self.load(args.load)
+        if args.save:
+            checkpointing.start_write_results_queue()
         self.data = TrainingData(args, tokenizer, self.progress, self.device)
         self.flops_per_step = num_floating_point_operations(self.arch, self.padded_vocab, args.seq_length,
                                                             args.global_batch_size)

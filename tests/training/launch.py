@@ -30,20 +30,26 @@ class Job:
                        OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO), **(env or {}))
             with open(self.logs[rank], "w") as log:
                 self.processes.append(subprocess.Popen([sys.executable, str(script), *flags],
-                                                       cwd=REPO, env=rank_env, stdout=log, stderr=subprocess.STDOUT))
+                                                       cwd=REPO, env=rank_env, stdout=log, stderr=subprocess.STDOUT,
+                                                       start_new_session=True))
 
     def signal(self, sig: signal.Signals) -> None:
+        """Signal every process of every rank (a rank and its helpers), as SLURM does to a job."""
         for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(sig)
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def wait(self, timeout: float = 300) -> list[int]:
+        """Exit codes by rank; then kills whatever the ranks left behind (helper processes)."""
         deadline = time.time() + timeout
         try:
             return [process.wait(timeout=max(deadline - time.time(), 1)) for process in self.processes]
         except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
             raise AssertionError(f"job did not finish in {timeout} s:\n{self.output()}") from None
+        finally:
+            self.signal(signal.SIGKILL)
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 300, poll: float = 0.01) -> None:
         deadline = time.time() + timeout

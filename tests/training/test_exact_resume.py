@@ -20,7 +20,8 @@ LAYOUTS = {  # name: (world size, parallel flags)
 
 def _flags(corpus, layout: str, run_dir, *extra: str) -> list[str]:
     return training_flags(corpus, *LAYOUTS[layout][1], "--train-iters", str(2 * N), "--save", str(run_dir / "ckpt"),
-                          "--save-interval", str(N), "--metrics-file", str(run_dir / "metrics.jsonl"), *extra)
+                          "--save-interval", str(N), "--metrics-file", str(run_dir / "metrics.jsonl"),
+                          "--num-workers", "1", *extra)  # a loader worker: it must survive SIGTERM too
 
 
 @pytest.fixture(scope="module")
