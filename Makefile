@@ -32,7 +32,7 @@ test: setup demo-data
 DEMO_RUN ?= runs/demo
 DEMO_ARGS ?= --model-preset tiny --seq-length 128 --micro-batch-size 4 --global-batch-size 16 \
   --train-iters 400 --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters 20 --lr-decay-style cosine \
-  --log-interval 10 --eval-interval 100 --eval-iters 8 --save-interval 200
+  --log-interval 10 --eval-interval 100 --eval-iters 8 --save-interval 200 --dwm-disable
 demo: setup demo-data
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --nproc-per-node 2 pretrain_dwm.py $(DEMO_ARGS) \
 	  --data-path $$(cat demo_data/indexed/data_path.txt) \

@@ -48,7 +48,7 @@ def run(config: dict, iters: int, workdir: str) -> list[dict]:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(config["nproc"]),
         os.path.join(REPO, "pretrain_dwm.py"), *config["flags"], "--train-iters", str(iters), "--lr", "3e-4",
-        "--log-interval", "1", "--eval-interval", str(10 * iters), "--eval-iters", "0",
+        "--log-interval", "1", "--eval-interval", str(10 * iters), "--eval-iters", "0", "--dwm-disable",
         "--data-path", *data_path, "--tokenizer-type", "SentencePieceTokenizer",
         "--tokenizer-model", os.path.join(DEMO, "tokenizers", "demo-spm.model"), "--metrics-file", metrics,
     ]

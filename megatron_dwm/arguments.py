@@ -94,6 +94,30 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2")
     optim.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")
 
+    dwm = parser.add_argument_group("data weighting model (DWM)")
+    dwm.add_argument("--dwm-disable", action="store_true",
+                     help="uniform weights (the baseline), through the same loss and loop")
+    dwm.add_argument("--dwm-num-layers", type=int, default=2, help="transformer layers of the DWM's sample encoder")
+    dwm.add_argument("--dwm-hidden-size", type=int, default=128, help="hidden size of the DWM")
+    dwm.add_argument("--dwm-num-attention-heads", type=int, default=4, help="attention heads of the DWM")
+    dwm.add_argument("--dwm-seq-length", type=int, default=128,
+                     help="the DWM reads this prefix of each sample (at most --seq-length)")
+    dwm.add_argument("--dwm-temperature", type=float, default=1.0, help="tau in w = n softmax(s / tau)")
+    dwm.add_argument("--dwm-weight-clip", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                     help="clip weights to [MIN, MAX] (then renormalise to mean 1)")
+    dwm.add_argument("--dwm-lr", type=float, default=1e-3, help="learning rate of the DWM's Adam")
+    dwm.add_argument("--dwm-init", default=None,
+                     help="initialise the DWM's encoder from a checkpoint of a small LM (this project's format)")
+    dwm.add_argument("--dwm-fd-radius", type=float, default=0.01, help="r: the finite-difference step is r / ||d||")
+    dwm.add_argument("--dwm-fd-direction", default="adam", choices=["adam", "grad"],
+                     help="d = P v with Adam's preconditioner P (adam) or P = 1 (grad)")
+    dwm.add_argument("--dwm-stages", type=int, default=1, help="training stages; each opens with a DWM phase")
+    dwm.add_argument("--dwm-update-iters", type=int, default=None,
+                     help="length of each stage's DWM phase in iterations (default: a quarter of a stage)")
+    dwm.add_argument("--dwm-update-interval", type=int, default=1, help="update the DWM every M-th iteration of a DWM phase")
+    dwm.add_argument("--dwm-load", default=None, help="load the DWM (only) from this run's checkpoint directory")
+    dwm.add_argument("--dwm-freeze", action="store_true", help="never update the DWM (e.g. a transferred one)")
+
     data = parser.add_argument_group("data")
     data.add_argument("--data-path", nargs="*", default=None,
                       help="training blend in Megatron's syntax: [weight] prefix [weight] prefix ...")
@@ -197,6 +221,7 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be >= 1")
     problems += _schedule_problems(args)
+    problems += _dwm_problems(args)
     problems += _data_problems(args)
     problems += _output_problems(args)
     problems += validate_platform_options(args.use_distributed_optimizer)
@@ -216,6 +241,44 @@ def _schedule_problems(args: argparse.Namespace) -> list[str]:
         problems.append(f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
     if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
         problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters")
+    return problems
+
+
+def _dwm_problems(args: argparse.Namespace) -> list[str]:
+    """The DWM's flags; fills in --dwm-update-iters."""
+    if args.dwm_disable:
+        return []
+    problems = []
+    if args.dwm_stages < 1 or args.dwm_stages > args.train_iters:
+        problems.append(f"--dwm-stages {args.dwm_stages} must lie in [1, --train-iters {args.train_iters}]")
+        return problems
+    stage_length = args.train_iters // args.dwm_stages
+    if args.dwm_update_iters is None:
+        args.dwm_update_iters = max(stage_length // 4, 1)
+    if not 0 <= args.dwm_update_iters <= stage_length:
+        problems.append(f"--dwm-update-iters {args.dwm_update_iters} must lie in [0, stage length {stage_length}]")
+    if args.dwm_update_interval < 1:
+        problems.append("--dwm-update-interval must be >= 1")
+    updates = args.dwm_update_iters > 0 and not args.dwm_freeze
+    if updates and args.dwm_valid_data_path is None:
+        problems.append("updating the DWM needs its validation set: give --dwm-valid-data-path "
+                        "(or --dwm-freeze / --dwm-disable)")
+    if updates and args.dwm_fd_direction == "adam" and args.use_distributed_optimizer:
+        problems.append("--dwm-fd-direction adam reads Adam's state, which --use-distributed-optimizer shards; "
+                        "use --dwm-fd-direction grad")
+    if args.dwm_seq_length > args.seq_length:
+        problems.append(f"--dwm-seq-length {args.dwm_seq_length} exceeds --seq-length {args.seq_length}")
+    if args.dwm_hidden_size % args.dwm_num_attention_heads:
+        problems.append(f"--dwm-hidden-size {args.dwm_hidden_size} is not divisible by "
+                        f"--dwm-num-attention-heads {args.dwm_num_attention_heads}")
+    if args.dwm_temperature <= 0 or args.dwm_fd_radius <= 0 or args.dwm_lr < 0:
+        problems.append("--dwm-temperature and --dwm-fd-radius must be > 0, --dwm-lr >= 0")
+    if args.dwm_weight_clip is not None and not 0 <= args.dwm_weight_clip[0] < 1 < args.dwm_weight_clip[1]:
+        problems.append(f"--dwm-weight-clip {args.dwm_weight_clip}: need 0 <= MIN < 1 < MAX (weights have mean 1)")
+    for flag in ("dwm_init", "dwm_load"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isdir(path):
+            problems.append(f"--{flag.replace('_', '-')} {path}: no such checkpoint directory")
     return problems
 
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def data_flags(corpus) -> list[str]:
-    return ["--data-path", *corpus["data_path"], "--tokenizer-type", "HuggingFaceTokenizer",
+    return ["--dwm-disable", "--data-path", *corpus["data_path"], "--tokenizer-type", "HuggingFaceTokenizer",
             "--tokenizer-model", str(corpus["tokenizer"])]
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from megatron_dwm.checkpoint_layout import latest_checkpoint_dir, read_checkpoint_common
 from megatron_dwm.model.hf_conversion import megatron_to_hf
 from megatron_dwm.model.presets import LlamaArch
 
@@ -322,9 +323,6 @@ _STACKED_LAYER_KEYS = {  # megatron-core TP=1 state-dict name within a layer -> 
 
 
 def _checkpoint_arch(checkpoint_root: str | os.PathLike) -> tuple[LlamaArch, int]:
-    # The checkpoint layout's helpers live in training/; imported on use, the DWM does not need them.
-    from megatron_dwm.training.checkpointing import read_checkpoint_common
-
     common = read_checkpoint_common(checkpoint_root)
     return LlamaArch(**common["arch"]), int(common["padded_vocab_size"])
 
@@ -380,7 +378,6 @@ def load_encoder_from_checkpoint(model: DataWeightingModel, checkpoint_root: str
     DWM's vocab_size may lie anywhere from the tokenizer's vocabulary to the checkpoint's padded one:
     embedding rows beyond it (padding) are dropped.
     """
-    from megatron_dwm.training.checkpointing import latest_checkpoint_dir
 
     config = model.config
     arch, padded_vocab = _checkpoint_arch(checkpoint_root)

@@ -25,40 +25,17 @@ from megatron.core import dist_checkpointing
 from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.transformer.module import MegatronModule
 
+from megatron_dwm.checkpoint_layout import (  # noqa: F401 - re-exported
+    RELEASE,
+    TRACKER_FILE,
+    checkpoint_name,
+    latest_checkpoint_dir,
+    read_checkpoint_common,
+    read_tracker,
+)
 from megatron_dwm.model.presets import LlamaArch
 
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
-RELEASE = "release"
 CHECKPOINT_VERSION = 3.0
-
-
-def checkpoint_name(iteration: int | str) -> str:
-    return RELEASE if iteration == RELEASE else f"iter_{int(iteration):07d}"
-
-
-def read_tracker(root: str | os.PathLike) -> str | None:
-    """The iteration (or "release") named by the tracker file, or None if there is none."""
-    tracker = Path(root) / TRACKER_FILE
-    if not tracker.is_file():
-        return None
-    value = tracker.read_text().strip()
-    if value != RELEASE and not value.isdigit():
-        raise ValueError(f"{tracker}: expected an iteration number or 'release', found {value!r}")
-    return value
-
-
-def latest_checkpoint_dir(root: str | os.PathLike) -> Path:
-    """The newest complete checkpoint under `root` (or `root` itself if it is a checkpoint dir)."""
-    root = Path(root)
-    if (root / "metadata.json").is_file():
-        return root
-    value = read_tracker(root)
-    if value is None:
-        raise FileNotFoundError(f"{root}: no {TRACKER_FILE} and not a checkpoint directory")
-    path = root / checkpoint_name(value)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{root / TRACKER_FILE} names {value}, but {path} does not exist")
-    return path
 
 
 def _model_chunks(model: MegatronModule | list[MegatronModule]) -> list[MegatronModule]:
@@ -154,17 +131,6 @@ def _training_state_dict(model, optimizer, sharded, is_loading: bool) -> dict[st
         state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=is_loading)
     state.update(sharded or {})
     return state
-
-
-def read_checkpoint_common(root: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's non-tensor state (arch, padded_vocab_size, iteration, ...), read without a model."""
-    path = latest_checkpoint_dir(root)
-    if not (path / "metadata.json").is_file():
-        raise ValueError(f"{path}: not a megatron-core distributed checkpoint (no metadata.json)")
-    common = dist_checkpointing.load_common_state_dict(str(path))
-    if "arch" not in common or "padded_vocab_size" not in common:
-        raise ValueError(f"{path}: not a megatron-dwm checkpoint (no 'arch'/'padded_vocab_size' entries)")
-    return common
 
 
 def start_write_results_queue() -> None:

@@ -53,9 +53,13 @@ class TrainingData:
         self.valid = self._loader(datasets.valid, progress.consumed_valid_samples, 0)
         self.has_valid = args.eval_iters > 0 and self._broadcast_flag(datasets.valid is not None)
         self.lambada: Optional[ContextTargetDataset] = None
+        self.dwm_valid: Optional[Iterator[Microbatch]] = None  # endless: the DWM's outer steps
         if args.dwm_valid_data_path and self.is_source:
             self.lambada = ContextTargetDataset(args.dwm_valid_data_path, args.seq_length,
                                                 args.reset_attention_mask)
+            self.dwm_valid = iter(build_pretraining_data_loader(
+                self.lambada, progress.consumed_dwm_valid_samples, args.micro_batch_size, self.dp_rank,
+                self.dp_size, cyclic=True))
 
     def _loader(self, dataset, consumed: int, num_workers: int) -> Optional[Iterator[Microbatch]]:
         if dataset is None or not self.is_source or consumed >= len(dataset):  # nothing (left) to read

@@ -11,6 +11,7 @@ class TrainingProgress:
     iteration: int = 0  # optimizer steps taken (skipped ones included, as in Megatron-LM)
     consumed_train_samples: int = 0  # position of the training data iterator
     consumed_valid_samples: int = 0  # position of the valid-split iterator
+    consumed_dwm_valid_samples: int = 0  # position in the DWM's validation set (outer steps)
     skipped_iterations: int = 0  # iterations whose update was skipped (NaN/Inf), in total
     consecutive_nonfinite: int = 0  # the current run of skipped iterations
 

@@ -20,12 +20,14 @@ from typing import Any, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
-from megatron.core import parallel_state
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_dwm.arguments import model_arch
 from megatron_dwm.data import build_tokenizer
+from megatron_dwm.dwm.schedule import StageSchedule
 from megatron_dwm.model.provider import build_llama_model, llama_transformer_config, padded_vocab_size
 from megatron_dwm.parallel import ParallelContext
 from megatron_dwm.platform import get_platform
@@ -46,26 +48,15 @@ from megatron_dwm.training.metrics import MetricsWriter, format_log_line
 from megatron_dwm.training.progress import TrainingProgress
 from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, set_rng_state, sharded_rng_state
 from megatron_dwm.training.step import run_global_batch
+from megatron_dwm.training.weighting import DWMWeighting, UniformWeighting, build_dwm
+
+DWM_KEY = "dwm"
 
 
 class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class SampleWeighting(Protocol):
-    """Where per-sample weights come from (the DWM plugs in here)."""
-
-    def weights(self, microbatches: list[Microbatch], progress: TrainingProgress) -> list[torch.Tensor] | None:
-        """Weights of this rank's samples, one tensor per micro batch (None: all ones)."""
-
-
-class UniformWeighting:
-    """The baseline: every sample weighs 1."""
-
-    def weights(self, microbatches: list[Microbatch], progress: TrainingProgress) -> list[torch.Tensor] | None:
-        return [torch.ones(batch["tokens"].shape[0], device=batch["tokens"].device) for batch in microbatches]
 
 
 def print_rank0(message: str) -> None:
@@ -81,7 +72,6 @@ class Trainer:
         self.context = context
         self.device = get_platform().device
         self.progress = TrainingProgress()
-        self.weighting: SampleWeighting = UniformWeighting()
         self.components: dict[str, Stateful] = {}
         self.deadline = Deadline(args.exit_duration_in_mins)
 
@@ -102,7 +92,11 @@ class Trainer:
         config.grad_scale_func = self.optimizer.scale_loss
         self.scheduler = self._build_scheduler()
         self.loss = WeightedLoss(args.loss_kernel, self.device)
+        self.is_logging_rank = context.rank == context.layout.llm_world_size - 1  # last stage, as Megatron
+        self.weighting = self._build_weighting()
 
+        if args.dwm_load:
+            self._load_dwm(args.dwm_load)
         if args.load:
             self.load(args.load)
         if args.save:
@@ -112,7 +106,6 @@ class Trainer:
                                                             args.global_batch_size)
         self.peak_flops = peak_flops_per_device(torch.cuda.get_device_name(), args.bf16) \
             if self.device.type == "cuda" else None
-        self.is_logging_rank = context.rank == context.layout.llm_world_size - 1  # last stage, as Megatron
         self.metrics = MetricsWriter(args.tensorboard_dir, self._metrics_path()) if self.is_logging_rank else None
         self._interval = _IntervalStats(len(self.data.domains))
 
@@ -132,12 +125,14 @@ class Trainer:
             "progress": self.progress.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng_layout": sizes,
+            "has_dwm": isinstance(self.weighting, DWMWeighting),
             "components": {name: component.state_dict() for name, component in self.components.items()},
             "args": {key: value for key, value in vars(self.args).items() if _plain(value)},
         }
         start = time.time()
         path = checkpointing.save_checkpoint(self.args.save, self.progress.iteration, self.model, self.arch,
-                                             common=common, optimizer=self.optimizer, sharded=sharded_rng_state())
+                                             common=common, optimizer=self.optimizer,
+                                             sharded={**sharded_rng_state(), **self._dwm_shard()})
         print_rank0(f"saved checkpoint at iteration {self.progress.iteration:7d} to {path} "
                     f"in {time.time() - start:.2f} s")
 
@@ -155,10 +150,14 @@ class Trainer:
         sizes, _ = rank_coordinates()
         same_layout = tuple(common.get("rng_layout", ())) == tuple(sizes)
         load_rng = not model_only and not self.args.no_load_rng and same_layout
-        state = checkpointing.load_checkpoint(root, self.model, optimizer=self.optimizer if load_optim else None,
-                                              sharded=sharded_rng_state() if load_rng else None)
+        dwm_shard = self._dwm_shard() if not model_only and common.get("has_dwm") else {}
+        state = checkpointing.load_checkpoint(
+            root, self.model, optimizer=self.optimizer if load_optim else None,
+            sharded={**(sharded_rng_state() if load_rng else {}), **dwm_shard})
         if load_rng:
             set_rng_state(state[RNG_KEY])
+        if DWM_KEY in state:
+            self.weighting.load_state_dict(state[DWM_KEY])
         elif not model_only and not self.args.no_load_rng:
             print_rank0(f"checkpoint layout (PP, TP, DP) {tuple(common.get('rng_layout', ()))} differs from this "
                         f"run's {tuple(sizes)}: random states start from --seed")
@@ -173,6 +172,41 @@ class Trainer:
         print_rank0(f"loaded {what} from {checkpointing.latest_checkpoint_dir(root)} "
                     f"(iteration {self.progress.iteration}, consumed samples {self.progress.consumed_train_samples})")
 
+    def _build_weighting(self):
+        args = self.args
+        if args.dwm_disable:
+            return UniformWeighting()
+        schedule = StageSchedule(args.train_iters, args.dwm_stages, args.dwm_update_iters, args.dwm_update_interval,
+                                 frozen=args.dwm_freeze)
+        holder = parallel_state.is_pipeline_last_stage()
+        dwm = build_dwm(args, self.padded_vocab, self.device) if holder else None
+        samples_log = None
+        if self.is_logging_rank and self._metrics_path():
+            import os
+
+            samples_log = os.path.join(os.path.dirname(os.path.abspath(self._metrics_path())), "dwm_samples.jsonl")
+        return DWMWeighting(args, schedule, dwm, samples_log)
+
+    def _dwm_shard(self) -> dict[str, ShardedObject]:
+        """The DWM's state as one replicated object of the checkpoint, held by the last pipeline stage."""
+        if not isinstance(self.weighting, DWMWeighting) or self.weighting.dwm is None:
+            return {}
+        replica = (parallel_state.get_tensor_model_parallel_rank() * parallel_state.get_data_parallel_world_size()
+                   + parallel_state.get_data_parallel_rank())
+        return {DWM_KEY: ShardedObject(DWM_KEY, self.weighting.state_dict(), (1,), (0,), replica_id=replica)}
+
+    def _load_dwm(self, root: str) -> None:
+        """--dwm-load: the DWM alone from another run's newest checkpoint (any size of LLM)."""
+        if not isinstance(self.weighting, DWMWeighting):
+            return
+        path = checkpointing.latest_checkpoint_dir(root)
+        if not dist_checkpointing.load_common_state_dict(str(path)).get("has_dwm"):
+            raise ValueError(f"--dwm-load {root}: {path} holds no DWM")
+        state = dist_checkpointing.load(self._dwm_shard(), str(path))
+        if DWM_KEY in state:
+            self.weighting.dwm.load_state_dict(state[DWM_KEY], load_optimizer=not self.args.dwm_freeze)
+        print_rank0(f"loaded the DWM from {path}" + (" (frozen)" if self.args.dwm_freeze else ""))
+
     def _check_arch(self, saved: dict[str, Any], root: str) -> None:
         mismatched = [f"{key}: checkpoint {saved[key]}, this run {getattr(self.arch, key)}"
                       for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
@@ -186,7 +220,7 @@ class Trainer:
         """One global batch; returns (stop requested, the step's record for logging)."""
         args = self.args
         microbatches = self.data.next_global_batch(self.data.train)
-        weights = self.weighting.weights(microbatches, self.progress)
+        weights = self.weighting.weights(microbatches, self.progress.iteration)
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         collected = run_global_batch(self.model, microbatches, weights, self.loss)
@@ -199,10 +233,12 @@ class Trainer:
             self.progress.skipped_iterations += 1
             self.progress.consecutive_nonfinite += 1
         else:
+            learning_rate = self.optimizer.param_groups[0]["lr"]  # eta_t, before the scheduler moves it
             updated, grad_norm, _ = self.optimizer.step()
             if updated:
                 self.scheduler.step(increment=args.global_batch_size)
             self.progress.consecutive_nonfinite = 0
+            self.weighting.outer_step(self, microbatches, learning_rate)
         self.progress.iteration += 1
         self.progress.consumed_train_samples += args.global_batch_size
         self._interval.add(collected, grad_norm, decision.nonfinite)
@@ -309,9 +345,15 @@ class Trainer:
                 scalars["MFU"] = mfu
             scalars.update({f"lm loss/{name}": value
                             for name, value in stats.totals.domain_means(self.data.domains).items()})
+            dwm = self.weighting.pop_metrics(self.data.domains, self.progress.iteration)
+            scalars.update(dwm)
             self.metrics.write(self.progress.iteration, scalars)
-            print(format_log_line(self.progress.iteration, args.train_iters,
-                                  {k: v for k, v in scalars.items() if "/" not in k or "TFLOP" in k}), flush=True)
+            console = {k: v for k, v in scalars.items() if "/" not in k or "TFLOP" in k}
+            console.update({f"w[{k.removeprefix('dwm/weight/')}]": v for k, v in dwm.items()
+                            if k.startswith("dwm/weight/")})
+            print(format_log_line(self.progress.iteration, args.train_iters, console), flush=True)
+        else:
+            self.weighting.pop_metrics(self.data.domains, self.progress.iteration)
         stats.restart()
 
     def _metrics_path(self) -> str | None:

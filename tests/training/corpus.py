@@ -37,8 +37,11 @@ def _markov_document(rng: numpy.random.Generator, band: range, transitions: nump
     return numpy.array(tokens + [VOCAB + 1], dtype=numpy.int32)
 
 
-def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0) -> dict[str, object]:
-    """Write the corpus under `directory`; returns its --data-path list, tokenizer and valid prefix."""
+def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0, noise_weight: float = 0.0) -> dict[str, object]:
+    """Write the corpus under `directory`; returns its --data-path list, tokenizer and valid prefix.
+
+    With `noise_weight` > 0 the blend also holds a "Noise" domain with that share of the samples:
+    token-shuffled documents, whose tokens are drawn at random from the whole corpus's tokens."""
     os.makedirs(directory, exist_ok=True)
     rng = numpy.random.default_rng(seed)
     band_width = VOCAB // len(DOMAINS)
@@ -62,6 +65,17 @@ def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0) -> di
         writer.add_document([text[:-2], text[-2:]])
     writer.commit()
     weights = ["3", "2", "1"]
+    if noise_weight > 0:
+        prefix = os.path.join(directory, "Noise_text_document")
+        writer = AtomicIndexedWriter(prefix, VOCAB + 2)
+        for _ in range(docs_per_domain):
+            length = int(rng.integers(20, 150))
+            band, transitions = chains[int(rng.integers(len(chains)))]
+            pool = numpy.concatenate([_markov_document(rng, b, t, length)[:-1] for b, t in chains])
+            writer.add_document([numpy.append(rng.choice(pool, size=length), VOCAB + 1).astype(numpy.int32)])
+        writer.commit()
+        prefixes.append(prefix)
+        weights = [str(float(w) * (1 - noise_weight) / 6) for w in weights] + [str(noise_weight)]
     data_path = [item for pair in zip(weights, prefixes) for item in pair]
     return {
         "data_path": data_path,
@@ -70,12 +84,18 @@ def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0) -> di
     }
 
 
-def training_flags(corpus: dict[str, object], *extra: str) -> list[str]:
-    """A tiny Llama on the synthetic corpus; `extra` flags are appended (and win)."""
+def training_flags(corpus: dict[str, object], *extra: str, dwm: bool = False) -> list[str]:
+    """A tiny Llama on the synthetic corpus; `extra` flags are appended (and win).
+
+    `dwm`: a small DWM in 2 stages (DWM phases of 2 iterations) learning from the corpus's
+    LAMBADA-style set; otherwise --dwm-disable."""
+    dwm_flags = (["--dwm-valid-data-path", str(corpus["valid"]), "--dwm-stages", "2", "--dwm-update-iters", "2",
+                  "--dwm-seq-length", "32", "--dwm-hidden-size", "32", "--dwm-lr", "1e-2"]
+                 if dwm else ["--dwm-disable"])
     return [
         "--model-preset", "tiny", "--seq-length", "64", "--micro-batch-size", "2", "--global-batch-size", "8",
         "--lr", "3e-3", "--lr-warmup-iters", "1", "--log-interval", "1", "--eval-interval", "1000",
-        "--eval-iters", "1", "--num-workers", "0", "--seed", "7",
+        "--eval-iters", "1", "--num-workers", "0", "--seed", "7", *dwm_flags,
         "--data-path", *corpus["data_path"], "--split", "90,10,0",
         "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(corpus["tokenizer"]),
         *extra,

@@ -25,7 +25,7 @@ def test_demo_run_learns_and_logs_per_domain_losses_to_tensorboard(tmp_path):
     tensorboard = tmp_path / "tensorboard"
     run_job(["--model-preset", "tiny", "--seq-length", "128", "--micro-batch-size", "4", "--global-batch-size", "16",
              "--train-iters", "40", "--lr", "3e-3", "--lr-warmup-iters", "5", "--log-interval", "1",
-             "--eval-interval", "20", "--eval-iters", "2", "--num-workers", "1", "--data-path", *data_path,
+             "--eval-interval", "20", "--eval-iters", "2", "--num-workers", "1", "--dwm-disable", "--data-path", *data_path,
              "--dwm-valid-data-path", str(DEMO / "indexed" / "lambada_style_text_document"),
              "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(DEMO / "tokenizers" / "demo-spm.model"),
              "--tensorboard-dir", str(tensorboard)], 2, tmp_path / "logs")

@@ -1,5 +1,9 @@
 """Exact resume: N iterations + resume for N more gives the losses of 2N uninterrupted iterations,
-bit for bit, also after a SIGKILL right after a checkpoint and after a SIGTERM (pre-emption)."""
+bit for bit, also after a SIGKILL right after a checkpoint and after a SIGTERM (pre-emption).
+
+The runs weigh their samples with the DWM in 2 stages of 3 iterations, each opening with a DWM
+phase of 2 iterations, so the resumed part crosses a DWM phase (iterations 4-5) and an LLM phase
+(iteration 6), and the DWM's weights must match too."""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ LAYOUTS = {  # name: (world size, parallel flags)
 def _flags(corpus, layout: str, run_dir, *extra: str) -> list[str]:
     return training_flags(corpus, *LAYOUTS[layout][1], "--train-iters", str(2 * N), "--save", str(run_dir / "ckpt"),
                           "--save-interval", str(N), "--metrics-file", str(run_dir / "metrics.jsonl"),
-                          "--num-workers", "1", *extra)  # a loader worker: it must survive SIGTERM too
+                          "--num-workers", "1", *extra, dwm=True)  # a loader worker: it must survive SIGTERM too
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +79,11 @@ def test_resume_after_sigkill_and_sigterm_is_bit_exact(layout, corpus, reference
     assert sorted(final_losses) == list(range(stopped_at + 1, 2 * N + 1))
     for iteration, loss in {**resumed_losses, **final_losses}.items():
         assert loss == reference[iteration], (iteration, loss, reference[iteration])
-    grad_norms = losses_by_iteration(reference_runs(layout) / "metrics.jsonl", "grad norm")
-    assert losses_by_iteration(final_log, "grad norm") == {i: grad_norms[i] for i in final_losses}
+    for key in ("grad norm", "dwm/weight std", "dwm/weight/RedPajamaC4"):
+        expected = losses_by_iteration(reference_runs(layout) / "metrics.jsonl", key)
+        resumed_values = {**losses_by_iteration(resumed_log, key), **losses_by_iteration(final_log, key)}
+        assert {i: resumed_values[i] for i in range(N + 1, 2 * N + 1)} == {i: expected[i] for i in range(N + 1, 2 * N + 1)}
+    assert losses_by_iteration(reference_runs(layout) / "metrics.jsonl", "dwm/weight std")[2 * N] > 0  # not uniform
 
 
 def test_checkpoint_reshards_to_another_layout(corpus, reference_runs, tmp_path):

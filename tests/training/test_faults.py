@@ -55,3 +55,15 @@ def test_exit_duration_saves_and_exits_cleanly(corpus, tmp_path):
                                  "0.0001", "--metrics-file", str(metrics)), 1, tmp_path / "logs")
     assert "exiting at iteration 1: --exit-duration-in-mins reached" in job.output()
     assert read_tracker(checkpoints) == "1" and sorted(losses_by_iteration(metrics)) == [1]
+
+
+def test_bad_dwm_output_falls_back_to_uniform_and_bad_fd_pass_skips_the_update(corpus, tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    job = run_job(training_flags(corpus, "--train-iters", "4", "--metrics-file", str(metrics), dwm=True), 1,
+                  tmp_path / "logs", script=FAULTS, env={"FAULT_DWM_NAN_AT": "2", "FAULT_FD_NAN_AT": "1"})
+    records = {r["iteration"]: r for r in read_metrics(metrics) if "dwm/fallbacks" in r}
+    assert records[2]["dwm/fallbacks"] == 1 and records[2]["dwm/weight std"] == 0.0  # uniform for that step
+    assert all(records[i]["dwm/fallbacks"] == 0 for i in (1, 3, 4))
+    assert records[1]["dwm/fd skipped"] == 1 and records[2]["dwm/fd skipped"] == 0
+    assert "iteration 1: the finite-difference pass was not finite; DWM update skipped" in job.output()
+    assert all(math.isfinite(r["lm loss"]) for r in records.values())

@@ -2,6 +2,8 @@
 
 FAULT_NAN_AT=3,4     the sample weights of these iterations are NaN (so are the loss and gradient)
 FAULT_KILL_IN_SAVE=2 SIGKILL this process half-way through writing its 2nd checkpoint
+FAULT_DWM_NAN_AT=2   the DWM's weights for this iteration are NaN (its k-th weighting)
+FAULT_FD_NAN_AT=1    the k-th finite-difference outer step comes out NaN
 """
 
 import os
@@ -10,22 +12,50 @@ import sys
 
 import torch
 
-from megatron_dwm.training import checkpointing, trainer
+from megatron_dwm.dwm import hypergradient, model
+from megatron_dwm.training import checkpointing, weighting
 
 nan_at = {int(i) for i in os.environ.get("FAULT_NAN_AT", "").split(",") if i}
 kill_in_save = int(os.environ.get("FAULT_KILL_IN_SAVE", "0"))
+dwm_nan_at = int(os.environ.get("FAULT_DWM_NAN_AT", "0"))
+fd_nan_at = int(os.environ.get("FAULT_FD_NAN_AT", "0"))
+calls = {"dwm": 0, "fd": 0}
 
-uniform_weights = trainer.UniformWeighting.weights
+uniform_weights = weighting.UniformWeighting.weights
 
 
-def weights(self, microbatches, progress):
-    result = uniform_weights(self, microbatches, progress)
-    if progress.iteration + 1 in nan_at:
+def weights(self, microbatches, iteration):
+    result = uniform_weights(self, microbatches, iteration)
+    if iteration + 1 in nan_at:
         result = [torch.full_like(w, float("nan")) for w in result]
     return result
 
 
-trainer.UniformWeighting.weights = weights
+weighting.UniformWeighting.weights = weights
+
+dwm_weights = model.DataWeightingModel.weights_from_scores
+
+
+def nan_dwm_weights(self, scores):
+    calls["dwm"] += 1
+    result = dwm_weights(self, scores)
+    return result * float("nan") if calls["dwm"] == dwm_nan_at else result
+
+
+model.DataWeightingModel.weights_from_scores = nan_dwm_weights
+
+fd = hypergradient.finite_difference_hypergradient
+
+
+def nan_fd(*args, **kwargs):
+    calls["fd"] += 1
+    result = fd(*args, **kwargs)
+    if calls["fd"] == fd_nan_at:
+        return hypergradient.FiniteDifference(None, result.epsilon, result.direction_norm, False)
+    return result
+
+
+weighting.finite_difference_hypergradient = nan_fd
 
 saves = 0
 dist_save = checkpointing.dist_checkpointing.save

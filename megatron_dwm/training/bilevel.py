@@ -1,0 +1,95 @@
+"""The LLM side of the DWM's outer step, over megatron-core (the ``BilevelModel`` protocol of
+:mod:`megatron_dwm.dwm.hypergradient`).
+
+Passes go through megatron-core's pipeline schedule: forward+backward (gradients reduced over
+data-parallel ranks by DDP) for the validation gradient, forward-only for the per-sample losses,
+which are then gathered over the data-parallel group into the global batch's order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
+
+from megatron_dwm.dwm.colocated import gather_over
+from megatron_dwm.training.loss import WeightedLoss
+from megatron_dwm.training.step import run_global_batch
+
+
+class MegatronBilevel:
+    """One outer step's view of the LLM: its training batch B and validation batch V."""
+
+    def __init__(self, model, optimizer, loss: WeightedLoss, train_batch: list, valid_batch: list,
+                 direction: str = "adam") -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.loss = loss
+        self.train_batch = train_batch
+        self.valid_batch = valid_batch
+        self.direction = direction
+        self._parameters = [param for param in model.parameters() if param.requires_grad]
+        self.valid_loss: float | None = None
+
+    def parameters(self) -> Sequence[torch.nn.Parameter]:
+        return self._parameters
+
+    def validation_gradient(self) -> Sequence[torch.Tensor]:
+        self.model.zero_grad_buffer()
+        collected = run_global_batch(self.model, self.valid_batch, None, self.loss)
+        if collected is not None:
+            losses = gather_over(collected[0], parallel_state.get_data_parallel_group())
+            self.valid_loss = float(losses.mean())
+        return [param.main_grad for param in self._parameters]
+
+    def preconditioner(self, index: int, gradient: torch.Tensor) -> torch.Tensor | float:
+        if self.direction == "grad":
+            return 1.0
+        return adam_preconditioner(self.optimizer, self._parameters[index], gradient)
+
+    def global_norm(self, tensors: Sequence[torch.Tensor]) -> float:
+        squares = torch.zeros(1, dtype=torch.float64, device=tensors[0].device if tensors else None)
+        for param, tensor in zip(self._parameters, tensors):
+            if param_is_not_tensor_parallel_duplicate(param):
+                squares += tensor.double().pow(2).sum()
+        dist.all_reduce(squares, group=parallel_state.get_model_parallel_group())
+        return math.sqrt(float(squares))
+
+    def per_sample_losses(self) -> torch.Tensor | None:
+        with torch.no_grad():
+            collected = run_global_batch(self.model, self.train_batch, None, self.loss, forward_only=True)
+        if collected is None:
+            return None
+        return gather_over(collected[0], parallel_state.get_data_parallel_group())
+
+
+def adam_preconditioner(optimizer, param: torch.nn.Parameter, gradient: torch.Tensor) -> torch.Tensor:
+    """Adam's ``1 / (sqrt(v_hat) + eps)`` for a model parameter (its fp32 main copy's state under bf16).
+
+    Ours: ``v_hat`` is floored at the validation gradient's square, ``max(v_hat, v^2)``, so every
+    element of ``d = P v`` is at most 1 in size. Without the floor a parameter Adam has barely
+    seen (an embedding row first met in the validation batch: ``v_hat ~ 0``, ``P ~ 1 / eps``)
+    dominates ``d``, ``eps = r / ||d||`` collapses, and the finite difference drowns in rounding.
+    """
+    inner = optimizer.optimizer
+    main = _main_param(optimizer, param)
+    state = inner.state.get(main, {})
+    group = next(g for g in inner.param_groups if any(p is main for p in g["params"]))
+    v_hat = torch.zeros_like(gradient, dtype=torch.float32)
+    if "exp_avg_sq" in state:
+        step = float(state["step"])
+        v_hat = (state["exp_avg_sq"] / (1.0 - group["betas"][1] ** step)).view_as(gradient)
+    return 1.0 / (torch.maximum(v_hat, gradient.float() ** 2).sqrt() + group["eps"])
+
+
+def _main_param(optimizer, param: torch.nn.Parameter) -> torch.nn.Parameter:
+    for model_group, main_group in zip(getattr(optimizer, "float16_groups", []),
+                                       getattr(optimizer, "fp32_from_float16_groups", [])):
+        for model_param, main_param in zip(model_group, main_group):
+            if model_param is param:
+                return main_param
+    return param

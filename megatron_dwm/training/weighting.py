@@ -1,0 +1,178 @@
+"""The trainer's side of data weighting: which weights each step uses, when the DWM learns, and
+what is reported about it.
+
+- ``UniformWeighting``: every weight is 1 (``--dwm-disable``: the baseline, same loss and loop).
+- ``DWMWeighting``: the DWM (colocated on the last pipeline stage) weighs every global batch; on
+  the iterations of a DWM phase (:class:`StageSchedule`) it takes an outer step from the
+  finite-difference hypergradient after the LLM's step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from typing import Any
+
+import torch
+from megatron.core import parallel_state
+
+from megatron_dwm.dwm.colocated import ColocatedDWM
+from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient
+from megatron_dwm.dwm.model import DataWeightingModel, DWMConfig, load_encoder_from_checkpoint
+from megatron_dwm.dwm.schedule import StageSchedule
+from megatron_dwm.training.bilevel import MegatronBilevel
+
+
+class UniformWeighting:
+    """The baseline: every sample weighs 1."""
+
+    def weights(self, microbatches, iteration: int) -> list[torch.Tensor] | None:
+        return [torch.ones(batch["tokens"].shape[0], device=batch["tokens"].device) for batch in microbatches]
+
+    def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
+        return None
+
+    def pop_metrics(self, domains: list[str], iteration: int) -> dict[str, float]:
+        return {}
+
+
+def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device) -> ColocatedDWM:
+    """The DWM copy of a last-stage rank, initialised identically on every rank (from --seed)."""
+    config = DWMConfig(vocab_size=vocab_size, num_layers=args.dwm_num_layers, hidden_size=args.dwm_hidden_size,
+                       num_attention_heads=args.dwm_num_attention_heads, seq_length=args.dwm_seq_length,
+                       temperature=args.dwm_temperature,
+                       weight_clip=tuple(args.dwm_weight_clip) if args.dwm_weight_clip else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = DataWeightingModel(config)
+    if args.dwm_init:
+        load_encoder_from_checkpoint(model, args.dwm_init)
+    optimizer = None if args.dwm_freeze else torch.optim.Adam(model.parameters(), lr=args.dwm_lr)
+    return ColocatedDWM(model, optimizer, parallel_state.get_data_parallel_group(), device)
+
+
+class DWMWeighting:
+    """Weights from the DWM and its outer steps; statistics for the logs."""
+
+    def __init__(self, args: argparse.Namespace, schedule: StageSchedule, dwm: ColocatedDWM | None,
+                 samples_log: str | None) -> None:
+        self.args = args
+        self.schedule = schedule
+        self.dwm = dwm  # None off the last pipeline stage
+        self.samples_log = samples_log
+        self._reset_interval()
+
+    def _reset_interval(self) -> None:
+        self.weight_sums: dict[int, float] = {}
+        self.weight_counts: dict[int, int] = {}
+        self.batch_stats: list[tuple[float, float, float, float]] = []  # min, max, std, ess
+        self.fd_records: list[FiniteDifference] = []
+        self.valid_losses: list[float] = []
+        self.fallbacks = 0
+        self.fd_skipped = 0
+        self._last_hypergradient: torch.Tensor | None = None
+
+    def weights(self, microbatches, iteration: int) -> list[torch.Tensor] | None:
+        if self.dwm is None:
+            return None
+        weights = self.dwm.weights(microbatches, iteration / self.args.train_iters,
+                                   keep_graph=self.schedule.updates_dwm(iteration))
+        self._record(self.dwm.last)
+        return weights
+
+    def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
+        """After the LLM's step of 0-based `iteration`: the DWM's update, if the schedule says so."""
+        iteration = trainer.progress.iteration
+        if not self.schedule.updates_dwm(iteration):
+            return
+        valid = trainer.data.next_global_batch(trainer.data.dwm_valid)
+        trainer.progress.consumed_dwm_valid_samples += self.args.global_batch_size
+        bilevel = MegatronBilevel(trainer.model, trainer.optimizer, trainer.loss, microbatches, valid,
+                                  self.args.dwm_fd_direction)
+        result = finite_difference_hypergradient(bilevel, learning_rate, self.args.global_batch_size,
+                                                 self.args.dwm_fd_radius)
+        trainer.model.zero_grad_buffer()
+        if self.dwm is None:
+            return
+        self.fd_records.append(result)
+        if bilevel.valid_loss is not None:
+            self.valid_losses.append(bilevel.valid_loss)
+        if result.finite and result.hypergradient is not None:
+            self._last_hypergradient = result.hypergradient.detach().double()
+            self.dwm.apply_hypergradient(result.hypergradient)
+        else:
+            self.fd_skipped += 1
+            print(f"iteration {iteration + 1}: the finite-difference pass was not finite; DWM update skipped",
+                  flush=True)
+
+    def _record(self, last) -> None:
+        weights = last.weights.detach().double()
+        for domain, total in zip(*_sum_by(last.domain_id, weights)):
+            self.weight_sums[domain] = self.weight_sums.get(domain, 0.0) + total[0]
+            self.weight_counts[domain] = self.weight_counts.get(domain, 0) + total[1]
+        ess = float(weights.sum() ** 2 / (weights ** 2).sum())
+        self.batch_stats.append((float(weights.min()), float(weights.max()), float(weights.std()), ess))
+        self.fallbacks += int(last.fell_back)
+        self._last = last
+
+    def pop_metrics(self, domains: list[str], iteration: int) -> dict[str, float]:
+        """Scalars since the last call (on DWM holders; {} elsewhere), and the batch's weights to
+        the samples log."""
+        if self.dwm is None or not self.batch_stats:
+            self._reset_interval()
+            return {}
+        stats = torch.tensor(self.batch_stats, dtype=torch.float64)
+        scalars: dict[str, float] = {
+            "dwm/stage": self.schedule.stage_of(iteration - 1),
+            "dwm/phase": int(self.schedule.in_dwm_phase(iteration - 1)),
+            "dwm/weight min": float(stats[:, 0].min()),
+            "dwm/weight max": float(stats[:, 1].max()),
+            "dwm/weight std": float(stats[:, 2].mean()),
+            "dwm/ess": float(stats[:, 3].mean()),
+            "dwm/fallbacks": self.fallbacks,
+        }
+        for domain, total in self.weight_sums.items():
+            name = domains[domain] if 0 <= domain < len(domains) else str(domain)
+            scalars[f"dwm/weight/{name}"] = total / self.weight_counts[domain]
+        if self.fd_records:
+            norms = [float(r.hypergradient.norm()) for r in self.fd_records if r.hypergradient is not None]
+            scalars["dwm/hypergrad norm"] = sum(norms) / len(norms) if norms else math.nan
+            scalars["dwm/fd epsilon"] = sum(r.epsilon for r in self.fd_records) / len(self.fd_records)
+            scalars["dwm/fd skipped"] = self.fd_skipped
+        if self.valid_losses:
+            scalars["dwm/valid loss"] = sum(self.valid_losses) / len(self.valid_losses)
+        self._write_samples(domains, iteration)
+        self._reset_interval()
+        return scalars
+
+    def _write_samples(self, domains: list[str], iteration: int) -> None:
+        if self.samples_log is None:
+            return
+        last = self._last
+        record = {
+            "iteration": iteration,
+            "stage": self.schedule.stage_of(iteration - 1),
+            "domain": [domains[d] if 0 <= d < len(domains) else str(d) for d in last.domain_id.tolist()],
+            "document_id": last.document_id.tolist(),
+            "weight": last.weights.detach().double().tolist(),
+        }
+        if self._last_hypergradient is not None:
+            record["hypergradient"] = self._last_hypergradient.tolist()
+        os.makedirs(os.path.dirname(os.path.abspath(self.samples_log)), exist_ok=True)
+        with open(self.samples_log, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+
+    # checkpoint slot (held on the last pipeline stage)
+    def state_dict(self) -> dict[str, Any]:
+        return self.dwm.state_dict() if self.dwm is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.dwm is not None:
+            self.dwm.load_state_dict(state)
+
+
+def _sum_by(keys: torch.Tensor, values: torch.Tensor) -> tuple[list[int], list[tuple[float, int]]]:
+    unique = sorted(set(keys.tolist()))
+    return unique, [(float(values[keys == key].sum()), int((keys == key).sum())) for key in unique]

@@ -1,0 +1,132 @@
+"""Hypergradient fidelity: the finite-difference outer step against the exact dL_V/dw from autograd
+(double backward through one SGD step), on a tiny language model in float64."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megatron_dwm.dwm.hypergradient import finite_difference_hypergradient
+
+VOCAB, HIDDEN, SEQ, N = 48, 32, 12, 16
+LR = 0.5
+
+
+class TinyLM(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, HIDDEN)
+        self.mix = torch.nn.Linear(2 * HIDDEN, HIDDEN)
+        self.out = torch.nn.Linear(HIDDEN, VOCAB)
+
+    def per_sample_losses(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens[:, :-1])
+        previous = torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)  # a bigram context
+        h = torch.tanh(self.mix(torch.cat([x, previous], dim=-1)))
+        logits = self.out(h)
+        token_losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+        return token_losses.mean(dim=1)
+
+
+class AutogradBilevel:
+    """The BilevelModel protocol over TinyLM; `validation_at` fixes where v is taken."""
+
+    def __init__(self, model: TinyLM, train: torch.Tensor, valid: torch.Tensor, v: list[torch.Tensor] | None = None):
+        self.model, self.train, self.valid, self.v = model, train, valid, v
+
+    def parameters(self):
+        return list(self.model.parameters())
+
+    def validation_gradient(self):
+        if self.v is not None:
+            return self.v
+        loss = self.model.per_sample_losses(self.valid).mean()
+        return torch.autograd.grad(loss, self.parameters())
+
+    def preconditioner(self, index: int, gradient):
+        return 1.0
+
+    def global_norm(self, tensors):
+        return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors)))
+
+    def per_sample_losses(self):
+        with torch.no_grad():
+            return self.model.per_sample_losses(self.train)
+
+
+def _setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = TinyLM().double()
+    generator = torch.Generator().manual_seed(seed + 1)
+    train = torch.randint(0, VOCAB, (N, SEQ), generator=generator)
+    valid = torch.randint(0, VOCAB // 2, (8, SEQ), generator=generator)  # a different distribution
+    weights = (torch.rand(N, generator=generator, dtype=torch.float64) + 0.5)
+    return model, train, valid, weights / weights.mean()
+
+
+def _exact_hypergradient(model, train, valid, weights):
+    """dL_V(theta - lr grad (1/n) sum w_i l_i) / dw by double backward."""
+    w = weights.clone().requires_grad_(True)
+    params = list(model.parameters())
+    train_loss = (w * model.per_sample_losses(train)).sum() / N
+    grads = torch.autograd.grad(train_loss, params, create_graph=True)
+    stepped = [p - LR * g for p, g in zip(params, grads)]
+    original = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p in params:
+            p.requires_grad_(False)
+    for module_param, new in zip(_param_slots(model), stepped):
+        module, name = module_param
+        delattr(module, name)
+        setattr(module, name, new)
+    valid_loss = model.per_sample_losses(valid).mean()
+    (exact,) = torch.autograd.grad(valid_loss, w)
+    return exact, original, [s.detach() for s in stepped]
+
+
+def _param_slots(model):
+    return [(model.get_submodule(name.rsplit(".", 1)[0]), name.rsplit(".", 1)[1]) for name, _ in model.named_parameters()]
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+def _fresh_model_with(params: list[torch.Tensor]) -> TinyLM:
+    model = TinyLM().double()
+    with torch.no_grad():
+        for param, value in zip(model.parameters(), params):
+            param.copy_(value)
+    return model
+
+
+def test_fd_at_theta_t_matches_exact_hypergradient():
+    model, train, valid, weights = _setup()
+    exact, theta_t, theta_next = _exact_hypergradient(model, train, valid, weights)
+    v_next = AutogradBilevel(_fresh_model_with(theta_next), train, valid).validation_gradient()
+    at_theta_t = AutogradBilevel(_fresh_model_with(theta_t), train, valid, v=list(v_next))
+    result = finite_difference_hypergradient(at_theta_t, LR, N, radius=1e-3)
+    cosine = _cosine(result.hypergradient, exact)
+    print(f"FD at theta_t vs exact: cosine {cosine:.6f}")
+    assert cosine >= 0.99
+    torch.testing.assert_close(result.hypergradient.double(), exact, rtol=0.05, atol=0.05 * exact.abs().max().item())
+
+
+def test_post_step_fd_matches_exact_hypergradient_and_restores_parameters():
+    model, train, valid, weights = _setup()
+    exact, _, theta_next = _exact_hypergradient(model, train, valid, weights)
+    stepped = _fresh_model_with(theta_next)
+    before = [p.detach().clone() for p in stepped.parameters()]
+    result = finite_difference_hypergradient(AutogradBilevel(stepped, train, valid), LR, N, radius=1e-2)
+    cosine = _cosine(result.hypergradient, exact)
+    print(f"post-step FD vs exact: cosine {cosine:.6f}")
+    assert cosine >= 0.95
+    assert all(torch.equal(p, b) for p, b in zip(stepped.parameters(), before))  # bit-exact restore
+
+
+def test_fd_detects_a_bad_sign_or_scale():
+    """The comparison can fail: the same procedure with the sign flipped is anti-correlated."""
+    model, train, valid, weights = _setup(seed=3)
+    exact, _, theta_next = _exact_hypergradient(model, train, valid, weights)
+    result = finite_difference_hypergradient(AutogradBilevel(_fresh_model_with(theta_next), train, valid), -LR, N)
+    assert _cosine(result.hypergradient, exact) < -0.9
