@@ -41,14 +41,16 @@ REPORTED = ("tokens per second", "samples per second", "elapsed time per iterati
             "throughput per GPU (TFLOP/s/GPU)", "MFU")
 
 
-def run(config: dict, iters: int, workdir: str) -> list[dict]:
+def run(config: dict, iters: int, workdir: str, extra: list[str] | None = None) -> list[dict]:
+    """One run of `config` (plus `extra` flags, which replace --dwm-disable); its per-iteration records."""
     metrics = os.path.join(workdir, "metrics.jsonl")
     with open(os.path.join(DEMO, "indexed", "data_path.txt")) as file:
         data_path = file.read().split()
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(config["nproc"]),
         os.path.join(REPO, "pretrain_dwm.py"), *config["flags"], "--train-iters", str(iters), "--lr", "3e-4",
-        "--log-interval", "1", "--eval-interval", str(10 * iters), "--eval-iters", "0", "--dwm-disable",
+        "--log-interval", "1", "--eval-interval", str(10 * iters), "--eval-iters", "0",
+        *(extra if extra is not None else ["--dwm-disable"]),
         "--data-path", *data_path, "--tokenizer-type", "SentencePieceTokenizer",
         "--tokenizer-model", os.path.join(DEMO, "tokenizers", "demo-spm.model"), "--metrics-file", metrics,
     ]

@@ -59,10 +59,10 @@ def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0, noise
         prefixes.append(prefix)
     valid_prefix = os.path.join(directory, "lambada_style_text_document")
     writer = AtomicIndexedWriter(valid_prefix, VOCAB + 2)
-    for i in range(40):
+    for i in range(60):
         band, transitions = chains[i % len(chains)]
-        text = _markov_document(rng, band, transitions, int(rng.integers(10, 40)))[:-1]
-        writer.add_document([text[:-2], text[-2:]])
+        text = _markov_document(rng, band, transitions, int(rng.integers(20, 50)))[:-1]
+        writer.add_document([text[:-8], text[-8:]])  # the last 8 tokens are the target
     writer.commit()
     weights = ["3", "2", "1"]
     if noise_weight > 0:

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""The DWM's cost: time per LLM-phase step and per DWM-phase step against --dwm-disable, in one
+invocation (same data, seed and machine). Run ``make demo-data`` first.
+
+    python bench/bench_dwm.py --config cpu-tiny --iters 30 --markdown
+
+- baseline: ``--dwm-disable`` (uniform weights through the same loss and loop);
+- LLM phase: the DWM weighs every batch but is frozen (its forward pass only);
+- DWM phase: the DWM is updated every iteration (FD outer step: one forward+backward on the
+  validation batch and two forward-only passes over the training batch, plus the DWM's step).
+Targets (issue 5): LLM phase within 10% of the baseline; DWM phase at most 2.2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_train import CONFIGS, DEMO, run, summarize  # noqa: E402
+
+MS = "elapsed time per iteration (ms)"
+
+
+def dwm_flags(iters: int, update: bool) -> list[str]:
+    """A DWM a fraction of the LLM's size (as in real runs: a few million parameters beside 370M)."""
+    return ["--dwm-valid-data-path", os.path.join(DEMO, "indexed", "lambada_style_text_document"),
+            "--dwm-stages", "1", "--dwm-update-iters", str(iters if update else 0),
+            "--dwm-num-layers", "1", "--dwm-hidden-size", "32", "--dwm-seq-length", "32"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu-tiny")
+    parser.add_argument("--iters", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of the three runs; the best of each is kept")
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    config = CONFIGS[args.config]
+    variants = {"baseline (--dwm-disable)": None, "LLM phase (DWM frozen)": dwm_flags(args.iters, False),
+                "DWM phase (update every step)": dwm_flags(args.iters, True)}
+    best: dict[str, float] = {}
+    for _ in range(args.repeat):
+        for name, extra in variants.items():
+            with tempfile.TemporaryDirectory() as workdir:
+                ms = summarize(run(config, args.iters, workdir, extra), args.warmup)[MS]
+            best[name] = min(best.get(name, ms), ms)
+    baseline = best["baseline (--dwm-disable)"]
+    if args.markdown:
+        print(f"| {config['description']} | ms/iteration | vs baseline |")
+        print("| --- | ---: | ---: |")
+    for name, ms in best.items():
+        print(f"| {name} | {ms:.1f} | {ms / baseline:.3f}x |" if args.markdown else f"{name}: {ms:.1f} ms ({ms / baseline:.3f}x)")
+
+
+if __name__ == "__main__":
+    main()
