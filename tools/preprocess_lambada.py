@@ -26,7 +26,7 @@ from megatron_dwm.data.preprocess import run_as_command  # noqa: E402
 from megatron_dwm.data.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", nargs="+", required=True, help="jsonl / jsonl.zst files, globs or directories")
     parser.add_argument("--output-prefix", required=True, help="writes OUTPUT_PREFIX_text_document.{bin,idx}")
@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
     parser.add_argument("--tokenizer-model", required=True)
     parser.add_argument("--strict", action="store_true", help="non-zero exit at the first bad record")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return run_as_command(lambda: preprocess_context_target(
         args.input, args.output_prefix, build_tokenizer(args.tokenizer_type, args.tokenizer_model),
         text_key=args.json_keys[0], strict=args.strict,
