@@ -50,7 +50,7 @@ from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, set_rng_state, 
 from megatron_dwm.training.step import run_global_batch
 from megatron_dwm.training.weighting import DWMWeighting, UniformWeighting, build_dwm
 
-DWM_KEY = "dwm"
+DWM_COMPONENT = "dwm"
 
 
 class Stateful(Protocol):
@@ -72,7 +72,7 @@ class Trainer:
         self.context = context
         self.device = get_platform().device
         self.progress = TrainingProgress()
-        self.components: dict[str, Stateful] = {}
+        self.components: dict[str, tuple[Stateful | None, int]] = {}  # name -> (component or None, replica id)
         self.deadline = Deadline(args.exit_duration_in_mins)
 
         tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
@@ -110,12 +110,22 @@ class Trainer:
         self._interval = _IntervalStats(len(self.data.domains))
 
     # -- state -------------------------------------------------------------------------------
-    def register_state(self, name: str, component: Stateful) -> None:
-        """Save `component.state_dict()` in every checkpoint and restore it on load (replicated state,
-        written once by rank 0). Register before :meth:`load` runs to have it restored."""
-        if name in self.components or name in ("progress", "scheduler"):
+    def register_state(self, name: str, component: Stateful | None, replica_id: int = 0) -> None:
+        """Save `component.state_dict()` in every checkpoint and restore it on load.
+
+        Collective: every LLM rank registers every name. The component's state is one replicated
+        object of the distributed checkpoint: the ranks that hold it pass it (the one with
+        `replica_id` 0 writes it), the others pass None. Register before :meth:`load` runs.
+        """
+        if name in self.components:
             raise ValueError(f"checkpoint component {name!r} is already registered")
-        self.components[name] = component
+        self.components[name] = (component, replica_id)
+
+    def _component_shards(self, names: list[str] | None = None) -> dict[str, ShardedObject]:
+        return {f"components/{name}": ShardedObject(f"components/{name}", component.state_dict(), (1,), (0,),
+                                                    replica_id=replica_id)
+                for name, (component, replica_id) in self.components.items()
+                if component is not None and (names is None or name in names)}
 
     def save(self) -> None:
         if not self.args.save:
@@ -125,14 +135,13 @@ class Trainer:
             "progress": self.progress.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng_layout": sizes,
-            "has_dwm": isinstance(self.weighting, DWMWeighting),
-            "components": {name: component.state_dict() for name, component in self.components.items()},
+            "components": sorted(self.components),
             "args": {key: value for key, value in vars(self.args).items() if _plain(value)},
         }
         start = time.time()
         path = checkpointing.save_checkpoint(self.args.save, self.progress.iteration, self.model, self.arch,
                                              common=common, optimizer=self.optimizer,
-                                             sharded={**sharded_rng_state(), **self._dwm_shard()})
+                                             sharded={**sharded_rng_state(), **self._component_shards()})
         print_rank0(f"saved checkpoint at iteration {self.progress.iteration:7d} to {path} "
                     f"in {time.time() - start:.2f} s")
 
@@ -150,14 +159,16 @@ class Trainer:
         sizes, _ = rank_coordinates()
         same_layout = tuple(common.get("rng_layout", ())) == tuple(sizes)
         load_rng = not model_only and not self.args.no_load_rng and same_layout
-        dwm_shard = self._dwm_shard() if not model_only and common.get("has_dwm") else {}
+        saved = [] if model_only else [name for name in common.get("components", []) if name in self.components]
         state = checkpointing.load_checkpoint(
             root, self.model, optimizer=self.optimizer if load_optim else None,
-            sharded={**(sharded_rng_state() if load_rng else {}), **dwm_shard})
+            sharded={**(sharded_rng_state() if load_rng else {}), **self._component_shards(saved)})
+        for name in saved:
+            component = self.components[name][0]
+            if component is not None:
+                component.load_state_dict(state[f"components/{name}"])
         if load_rng:
             set_rng_state(state[RNG_KEY])
-        if DWM_KEY in state:
-            self.weighting.load_state_dict(state[DWM_KEY])
         elif not model_only and not self.args.no_load_rng:
             print_rank0(f"checkpoint layout (PP, TP, DP) {tuple(common.get('rng_layout', ()))} differs from this "
                         f"run's {tuple(sizes)}: random states start from --seed")
@@ -165,9 +176,6 @@ class Trainer:
             self.progress.load_state_dict(common["progress"])
             if load_optim:
                 self.scheduler.load_state_dict(common["scheduler"])
-            for name, component in self.components.items():
-                if name in common.get("components", {}):
-                    component.load_state_dict(common["components"][name])
         what = "model" if model_only else "model, progress" + (", optimizer" if load_optim else "")
         print_rank0(f"loaded {what} from {checkpointing.latest_checkpoint_dir(root)} "
                     f"(iteration {self.progress.iteration}, consumed samples {self.progress.consumed_train_samples})")
@@ -185,26 +193,23 @@ class Trainer:
             import os
 
             samples_log = os.path.join(os.path.dirname(os.path.abspath(self._metrics_path())), "dwm_samples.jsonl")
-        return DWMWeighting(args, schedule, dwm, samples_log)
-
-    def _dwm_shard(self) -> dict[str, ShardedObject]:
-        """The DWM's state as one replicated object of the checkpoint, held by the last pipeline stage."""
-        if not isinstance(self.weighting, DWMWeighting) or self.weighting.dwm is None:
-            return {}
+        weighting = DWMWeighting(args, schedule, dwm, samples_log)
         replica = (parallel_state.get_tensor_model_parallel_rank() * parallel_state.get_data_parallel_world_size()
                    + parallel_state.get_data_parallel_rank())
-        return {DWM_KEY: ShardedObject(DWM_KEY, self.weighting.state_dict(), (1,), (0,), replica_id=replica)}
+        self.register_state(DWM_COMPONENT, weighting if holder else None, replica_id=replica)
+        return weighting
 
     def _load_dwm(self, root: str) -> None:
         """--dwm-load: the DWM alone from another run's newest checkpoint (any size of LLM)."""
         if not isinstance(self.weighting, DWMWeighting):
             return
         path = checkpointing.latest_checkpoint_dir(root)
-        if not dist_checkpointing.load_common_state_dict(str(path)).get("has_dwm"):
+        if DWM_COMPONENT not in dist_checkpointing.load_common_state_dict(str(path)).get("components", []):
             raise ValueError(f"--dwm-load {root}: {path} holds no DWM")
-        state = dist_checkpointing.load(self._dwm_shard(), str(path))
-        if DWM_KEY in state:
-            self.weighting.dwm.load_state_dict(state[DWM_KEY], load_optimizer=not self.args.dwm_freeze)
+        key = f"components/{DWM_COMPONENT}"
+        state = dist_checkpointing.load(self._component_shards([DWM_COMPONENT]), str(path))
+        if key in state:
+            self.weighting.dwm.load_state_dict(state[key], load_optimizer=not self.args.dwm_freeze)
         print_rank0(f"loaded the DWM from {path}" + (" (frozen)" if self.args.dwm_freeze else ""))
 
     def _check_arch(self, saved: dict[str, Any], root: str) -> None:
