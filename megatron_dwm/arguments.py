@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     dwm.add_argument("--dwm-lr", type=float, default=1e-3, help="learning rate of the DWM's Adam")
     dwm.add_argument("--dwm-init", default=None,
                      help="initialise the DWM's encoder from a checkpoint of a small LM (this project's format)")
+    dwm.add_argument("--dwm-valid-batch-size", type=int, default=None,
+                     help="samples of the validation set per DWM update (a multiple of micro batch x DP; "
+                          "default: the global batch size)")
     dwm.add_argument("--dwm-fd-radius", type=float, default=0.01, help="r: the finite-difference step is r / ||d||")
     dwm.add_argument("--dwm-fd-direction", default="adam", choices=["adam", "grad"],
                      help="d = P v with Adam's preconditioner P (adam) or P = 1 (grad)")
@@ -221,7 +224,7 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             problems.append(f"--{flag.replace('_', '-')} must be >= 1")
     problems += _schedule_problems(args)
-    problems += _dwm_problems(args)
+    problems += _dwm_problems(args, None if layout.problems() else layout.data_parallel_size)
     problems += _data_problems(args)
     problems += _output_problems(args)
     problems += validate_platform_options(args.use_distributed_optimizer)
@@ -244,21 +247,28 @@ def _schedule_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def _dwm_problems(args: argparse.Namespace) -> list[str]:
+def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None) -> list[str]:
     """The DWM's flags; fills in --dwm-update-iters."""
     if args.dwm_disable:
         return []
     problems = []
-    if args.dwm_stages < 1 or args.dwm_stages > args.train_iters:
+    if 1 <= args.dwm_stages <= args.train_iters:
+        stage_length = args.train_iters // args.dwm_stages
+        if args.dwm_update_iters is None:
+            args.dwm_update_iters = max(stage_length // 4, 1)
+        if not 0 <= args.dwm_update_iters <= stage_length:
+            problems.append(f"--dwm-update-iters {args.dwm_update_iters} must lie in [0, stage length {stage_length}]")
+    else:
         problems.append(f"--dwm-stages {args.dwm_stages} must lie in [1, --train-iters {args.train_iters}]")
-        return problems
-    stage_length = args.train_iters // args.dwm_stages
-    if args.dwm_update_iters is None:
-        args.dwm_update_iters = max(stage_length // 4, 1)
-    if not 0 <= args.dwm_update_iters <= stage_length:
-        problems.append(f"--dwm-update-iters {args.dwm_update_iters} must lie in [0, stage length {stage_length}]")
+        args.dwm_update_iters = 1 if args.dwm_update_iters is None else args.dwm_update_iters
     if args.dwm_update_interval < 1:
         problems.append("--dwm-update-interval must be >= 1")
+    if args.dwm_valid_batch_size is None:
+        args.dwm_valid_batch_size = args.global_batch_size
+    elif data_parallel_size and (args.dwm_valid_batch_size < 1 or
+                                 args.dwm_valid_batch_size % (args.micro_batch_size * data_parallel_size)):
+        problems.append(f"--dwm-valid-batch-size {args.dwm_valid_batch_size} is not a positive multiple of "
+                        f"--micro-batch-size {args.micro_batch_size} x data-parallel size {data_parallel_size}")
     updates = args.dwm_update_iters > 0 and not args.dwm_freeze
     if updates and args.dwm_valid_data_path is None:
         problems.append("updating the DWM needs its validation set: give --dwm-valid-data-path "

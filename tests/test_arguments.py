@@ -38,6 +38,7 @@ def _validate(data_flags):
     (["--micro-batch-size", "2", "--global-batch-size", "6"], 2,
      "--global-batch-size 6 is not divisible by --micro-batch-size 2 x data-parallel size 2"),
     (["--use-distributed-optimizer"], 1, "--use-distributed-optimizer needs a GPU"),
+    (["--dwm-valid-data-path", "/nonexistent/lambada"], 1, "--dwm-valid-data-path: no /nonexistent/lambada.bin/.idx"),
 ])
 def test_impossible_configuration_is_named(flags, world_size, message, _validate):
     with pytest.raises(ConfigError) as error:
@@ -130,3 +131,19 @@ def test_missing_lambada_style_set_and_orphan_save_interval(data_flags, capsys, 
                       capsys)
     assert f"--dwm-valid-data-path: no {tmp_path / 'lambada'}.bin/.idx" in err
     assert "--save-interval needs --save" in err
+
+
+def test_dwm_flags_are_checked(data_flags, corpus):
+    flags = [flag for flag in data_flags if flag != "--dwm-disable"]
+    args = build_parser().parse_args([*flags, "--micro-batch-size", "2", "--global-batch-size", "8",
+                                      "--dwm-valid-batch-size", "3", "--dwm-stages", "20", "--train-iters", "10"])
+    with pytest.raises(ConfigError) as error:
+        validate_args(args, world_size=2)
+    assert "--dwm-stages 20 must lie in [1, --train-iters 10]" in str(error.value)
+    assert "updating the DWM needs its validation set: give --dwm-valid-data-path" in str(error.value)
+    args = build_parser().parse_args([*flags, "--micro-batch-size", "2", "--global-batch-size", "8",
+                                      "--dwm-valid-batch-size", "3", "--dwm-valid-data-path", str(corpus["valid"])])
+    with pytest.raises(ConfigError) as error:
+        validate_args(args, world_size=2)
+    assert "--dwm-valid-batch-size 3 is not a positive multiple of --micro-batch-size 2 x data-parallel size 2" \
+        in str(error.value)

@@ -73,9 +73,11 @@ class TrainingData:
             parallel_state.get_tensor_model_parallel_group(), 0), group=parallel_state.get_tensor_model_parallel_group())
         return bool(flag.item())
 
-    def next_global_batch(self, iterator: Optional[Iterator[Microbatch]]) -> list[Microbatch]:
-        """This DP rank's share of the next global batch, as micro batches on every TP rank."""
-        return [get_batch(iterator, device=self.device) for _ in range(self.num_microbatches)]
+    def next_global_batch(self, iterator: Optional[Iterator[Microbatch]], samples: int | None = None) -> list[Microbatch]:
+        """This DP rank's share of the next `samples` (default: a global batch), as micro batches on
+        every TP rank."""
+        count = self.num_microbatches if samples is None else samples // (self.args.micro_batch_size * self.dp_size)
+        return [get_batch(iterator, device=self.device) for _ in range(count)]
 
     def lambada_batches(self) -> tuple[Optional[Iterator[Microbatch]], int]:
         """A fresh pass over the LAMBADA-style set: (iterator, number of whole global batches).

@@ -87,8 +87,8 @@ class DWMWeighting:
         iteration = trainer.progress.iteration
         if not self.schedule.updates_dwm(iteration):
             return
-        valid = trainer.data.next_global_batch(trainer.data.dwm_valid)
-        trainer.progress.consumed_dwm_valid_samples += self.args.global_batch_size
+        valid = trainer.data.next_global_batch(trainer.data.dwm_valid, self.args.dwm_valid_batch_size)
+        trainer.progress.consumed_dwm_valid_samples += self.args.dwm_valid_batch_size
         bilevel = MegatronBilevel(trainer.model, trainer.optimizer, trainer.loss, microbatches, valid,
                                   self.args.dwm_fd_direction)
         result = finite_difference_hypergradient(bilevel, learning_rate, self.args.global_batch_size,

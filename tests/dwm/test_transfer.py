@@ -21,6 +21,7 @@ def _weights(run_dir) -> dict[int, list[float]]:
 def test_frozen_dwm_transfers_to_a_larger_model(corpus, tmp_path):
     source = tmp_path / "source"
     run_job(training_flags(corpus, "--train-iters", "4", "--lr-warmup-iters", "0", "--save", str(source / "ckpt"),
+                           "--dwm-valid-batch-size", "4",
                            "--metrics-file", str(source / "metrics.jsonl"), dwm=True), 1, tmp_path / "source-logs")
     weights = {}
     for name, shape in (("tiny", []), ("larger", LARGER)):
