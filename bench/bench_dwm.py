@@ -7,7 +7,8 @@ invocation (same data, seed and machine). Run ``make demo-data`` first.
 - baseline: ``--dwm-disable`` (uniform weights through the same loss and loop);
 - LLM phase: the DWM weighs every batch but is frozen (its forward pass only);
 - DWM phase: the DWM is updated every iteration (FD outer step: one forward+backward on the
-  validation batch and two forward-only passes over the training batch, plus the DWM's step).
+  validation batch and two forward-only passes over the training batch, plus the DWM's step),
+  with a validation batch of one global batch (the default) and of about a quarter of one.
 Targets (issue 5): LLM phase within 10% of the baseline; DWM phase at most 2.2x.
 """
 
@@ -41,8 +42,12 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
     config = CONFIGS[args.config]
+    unit = config["micro_batch"] * config["nproc"]  # micro batch x DP (TP = PP = 1 in these configurations)
+    quarter = max(unit, -(-config["global_batch"] // 4 // unit) * unit)  # a quarter batch, in whole micro batches
     variants = {"baseline (--dwm-disable)": None, "LLM phase (DWM frozen)": dwm_flags(args.iters, False),
-                "DWM phase (update every step)": dwm_flags(args.iters, True)}
+                "DWM phase (update every step)": dwm_flags(args.iters, True),
+                f"DWM phase, --dwm-valid-batch-size {quarter}": [*dwm_flags(args.iters, True),
+                                                                  "--dwm-valid-batch-size", str(quarter)]}
     best: dict[str, float] = {}
     for _ in range(args.repeat):
         for name, extra in variants.items():

@@ -29,11 +29,11 @@ from megatron_dwm.training.metrics import read_metrics  # noqa: E402
 DEMO = os.path.join(REPO, "demo_data")
 CONFIGS = {
     "cpu-tiny": dict(
-        nproc=2, description="tiny preset, fp32, CPU, 2 gloo ranks (DP=2), seq 128, global batch 16",
+        nproc=2, micro_batch=4, global_batch=16, description="tiny preset, fp32, CPU, 2 gloo ranks (DP=2), seq 128, global batch 16",
         flags=["--model-preset", "tiny", "--seq-length", "128", "--micro-batch-size", "4",
                "--global-batch-size", "16"]),
     "gpu-370m": dict(
-        nproc=1, description="llama2-370m, bf16, 1 GPU, seq 2048, micro batch 4, global batch 32",
+        nproc=1, micro_batch=4, global_batch=32, description="llama2-370m, bf16, 1 GPU, seq 2048, micro batch 4, global batch 32",
         flags=["--model-preset", "llama2-370m", "--bf16", "--seq-length", "2048", "--micro-batch-size", "4",
                "--global-batch-size", "32"]),
 }
