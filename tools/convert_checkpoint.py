@@ -34,6 +34,8 @@ from megatron_dwm.model.hf_conversion import (  # noqa: E402
 from megatron_dwm.model.presets import LlamaArch  # noqa: E402
 
 HF_SPECIAL_TOKEN_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", *TOKENIZER_CONFIGS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -46,7 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="largest TP size the padded vocabulary must suit (the checkpoint loads at any TP dividing it)")
     to_hf = sub.add_parser("megatron-to-hf", help="megatron-core checkpoint -> Hugging Face Llama directory")
     to_hf.add_argument("--tokenizer-model", default=None,
-                       help="tokenizer file(s) to copy next to the export (tokenizer.model or tokenizer.json)")
+                       help="tokenizer to copy into the export: a tokenizer.model or tokenizer.json file (with "
+                            "the tokenizer_config.json / special_tokens_map.json beside it), or a directory of them")
     for p in (to_mc, to_hf):
         p.add_argument("--load-dir", required=True, help="directory to read")
         p.add_argument("--save-dir", required=True, help="directory to write (created; must not exist or be empty)")
@@ -62,8 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         problems.append(f"--load-dir {load}: no *.safetensors weights")
     if save.exists() and any(save.iterdir()):
         problems.append(f"--save-dir {save}: exists and is not empty (refusing to overwrite)")
-    if args.direction == "megatron-to-hf" and args.tokenizer_model and not Path(args.tokenizer_model).exists():
-        problems.append(f"--tokenizer-model {args.tokenizer_model}: no such file")
+    if args.direction == "megatron-to-hf" and args.tokenizer_model:
+        if not Path(args.tokenizer_model).exists():
+            problems.append(f"--tokenizer-model {args.tokenizer_model}: no such file")
+        elif Path(args.tokenizer_model).is_dir() and not {"tokenizer.model", "tokenizer.json"} & {
+                f.name for f in tokenizer_files(args.tokenizer_model)}:
+            problems.append(f"--tokenizer-model {args.tokenizer_model}: no tokenizer.model or tokenizer.json in it")
     if problems:
         parser.error("; ".join(problems))
     return args
@@ -135,6 +142,17 @@ def hf_to_megatron_checkpoint(load: Path, save: Path, bf16: bool, divisible_by: 
     print(f"wrote megatron-core checkpoint {save} ({arch.num_layers} layers, vocab {arch.vocab_size} padded to {padded})")
 
 
+def tokenizer_files(tokenizer_model: str | None) -> list[Path]:
+    """The files to export for --tokenizer-model: the file itself (or the tokenizer files in a
+    directory) and the Hugging Face tokenizer configs beside it, which carry the special tokens."""
+    if not tokenizer_model:
+        return []
+    path = Path(tokenizer_model)
+    folder = path if path.is_dir() else path.parent
+    names = TOKENIZER_FILES if path.is_dir() else (path.name, *TOKENIZER_CONFIGS)
+    return [folder / name for name in dict.fromkeys(names) if (folder / name).is_file()]
+
+
 def megatron_to_hf_checkpoint(load: Path, save: Path, bf16: bool, tokenizer_model: str | None) -> None:
     from safetensors.torch import save_file
 
@@ -156,8 +174,8 @@ def megatron_to_hf_checkpoint(load: Path, save: Path, bf16: bool, tokenizer_mode
     config = hf_config_from_arch(arch, arch.vocab_size, "bfloat16" if bf16 else "float32",
                                  common.get("hf_special_tokens"))
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if tokenizer_model:
-        shutil.copy(tokenizer_model, staging / Path(tokenizer_model).name)
+    for file in tokenizer_files(tokenizer_model):
+        shutil.copy(file, staging / file.name)
     save.parent.mkdir(parents=True, exist_ok=True)
     if save.exists():
         save.rmdir()
