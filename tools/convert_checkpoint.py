@@ -153,6 +153,29 @@ def tokenizer_files(tokenizer_model: str | None) -> list[Path]:
     return [folder / name for name in dict.fromkeys(names) if (folder / name).is_file()]
 
 
+def export_tokenizer(tokenizer_model: str | None, directory: Path) -> None:
+    """Copy the tokenizer under the names transformers looks for (tokenizer.model / tokenizer.json);
+    a SentencePiece model without a tokenizer_config.json gets one naming its special tokens (no
+    BOS added, as in training)."""
+    for file in tokenizer_files(tokenizer_model):
+        name = file.name
+        if file.suffix == ".model":
+            name = "tokenizer.model"
+        elif file.suffix == ".json" and file.name not in TOKENIZER_CONFIGS:
+            name = "tokenizer.json"
+        shutil.copy(file, directory / name)
+    if (directory / "tokenizer.model").is_file() and not (directory / "tokenizer_config.json").is_file():
+        import sentencepiece
+
+        processor = sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+        config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": False, "add_eos_token": False}
+        for key, token_id in (("bos_token", processor.bos_id()), ("eos_token", processor.eos_id()),
+                              ("unk_token", processor.unk_id()), ("pad_token", processor.pad_id())):
+            if token_id >= 0:
+                config[key] = processor.id_to_piece(token_id)
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def megatron_to_hf_checkpoint(load: Path, save: Path, bf16: bool, tokenizer_model: str | None) -> None:
     from safetensors.torch import save_file
 
@@ -174,8 +197,7 @@ def megatron_to_hf_checkpoint(load: Path, save: Path, bf16: bool, tokenizer_mode
     config = hf_config_from_arch(arch, arch.vocab_size, "bfloat16" if bf16 else "float32",
                                  common.get("hf_special_tokens"))
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    for file in tokenizer_files(tokenizer_model):
-        shutil.copy(file, staging / file.name)
+    export_tokenizer(tokenizer_model, staging)
     save.parent.mkdir(parents=True, exist_ok=True)
     if save.exists():
         save.rmdir()
