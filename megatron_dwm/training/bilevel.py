@@ -31,7 +31,7 @@ class MegatronBilevel:
         self.loss = loss
         self.train_batch = train_batch
         self.valid_batch = valid_batch
-        self.direction = direction
+        self._adam = AdamPreconditioner(optimizer) if direction == "adam" else None
         self._parameters = [param for param in model.parameters() if param.requires_grad]
         self.valid_loss: float | None = None
 
@@ -47,9 +47,7 @@ class MegatronBilevel:
         return [param.main_grad for param in self._parameters]
 
     def preconditioner(self, index: int, gradient: torch.Tensor) -> torch.Tensor | float:
-        if self.direction == "grad":
-            return 1.0
-        return adam_preconditioner(self.optimizer, self._parameters[index], gradient)
+        return 1.0 if self._adam is None else self._adam(self._parameters[index], gradient)
 
     def global_norm(self, tensors: Sequence[torch.Tensor]) -> float:
         squares = torch.zeros(1, dtype=torch.float64, device=tensors[0].device if tensors else None)
@@ -67,29 +65,29 @@ class MegatronBilevel:
         return gather_over(collected[0], parallel_state.get_data_parallel_group())
 
 
-def adam_preconditioner(optimizer, param: torch.nn.Parameter, gradient: torch.Tensor) -> torch.Tensor:
-    """Adam's ``1 / (sqrt(v_hat) + eps)`` for a model parameter (its fp32 main copy's state under bf16).
+class AdamPreconditioner:
+    """Adam's ``1 / (sqrt(v_hat) + eps)`` for each model parameter (its fp32 main copy's state under bf16).
 
     Ours: ``v_hat`` is floored at the validation gradient's square, ``max(v_hat, v^2)``, so every
     element of ``d = P v`` is at most 1 in size. Without the floor a parameter Adam has barely
     seen (an embedding row first met in the validation batch: ``v_hat ~ 0``, ``P ~ 1 / eps``)
     dominates ``d``, ``eps = r / ||d||`` collapses, and the finite difference drowns in rounding.
     """
-    inner = optimizer.optimizer
-    main = _main_param(optimizer, param)
-    state = inner.state.get(main, {})
-    group = next(g for g in inner.param_groups if any(p is main for p in g["params"]))
-    v_hat = torch.zeros_like(gradient, dtype=torch.float32)
-    if "exp_avg_sq" in state:
-        step = float(state["step"])
-        v_hat = (state["exp_avg_sq"] / (1.0 - group["betas"][1] ** step)).view_as(gradient)
-    return 1.0 / (torch.maximum(v_hat, gradient.float() ** 2).sqrt() + group["eps"])
 
+    def __init__(self, optimizer) -> None:
+        self.inner = optimizer.optimizer
+        self.main_of = {id(model_param): main_param  # bf16: the fp32 copy Adam steps; fp32: the parameter itself
+                        for model_group, main_group in zip(getattr(optimizer, "float16_groups", []),
+                                                           getattr(optimizer, "fp32_from_float16_groups", []))
+                        for model_param, main_param in zip(model_group, main_group)}
+        self.group_of = {id(param): group for group in self.inner.param_groups for param in group["params"]}
 
-def _main_param(optimizer, param: torch.nn.Parameter) -> torch.nn.Parameter:
-    for model_group, main_group in zip(getattr(optimizer, "float16_groups", []),
-                                       getattr(optimizer, "fp32_from_float16_groups", [])):
-        for model_param, main_param in zip(model_group, main_group):
-            if model_param is param:
-                return main_param
-    return param
+    def __call__(self, param: torch.nn.Parameter, gradient: torch.Tensor) -> torch.Tensor:
+        main = self.main_of.get(id(param), param)
+        group = self.group_of[id(main)]
+        state = self.inner.state.get(main, {})
+        v_hat = torch.zeros_like(gradient, dtype=torch.float32)
+        if "exp_avg_sq" in state:
+            step = float(state["step"])
+            v_hat = (state["exp_avg_sq"] / (1.0 - group["betas"][1] ** step)).view_as(gradient)
+        return 1.0 / (torch.maximum(v_hat, gradient.float() ** 2).sqrt() + group["eps"])

@@ -133,6 +133,9 @@ def _training_state_dict(model, optimizer, sharded, is_loading: bool) -> dict[st
     return state
 
 
+_write_results_queue_started = False
+
+
 def start_write_results_queue() -> None:
     """Start the helper process of megatron-core's checkpoint writer now, immune to stop signals.
 
@@ -140,8 +143,12 @@ def start_write_results_queue() -> None:
     the first save. Pre-emption (SLURM) sends SIGTERM to every process of the job, and a helper
     killed by it would make the very save that the signal asks for fail; so the helper is started
     with SIGTERM and SIGUSR1 ignored (a disposition it keeps), before training. On CPU it is forked
-    (spawning it costs seconds: it imports torch).
+    (spawning it costs seconds: it imports torch). Later calls do nothing, so no save opens a window
+    in which a stop signal would be ignored.
     """
+    global _write_results_queue_started
+    if _write_results_queue_started:
+        return
     from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
 
     from megatron_dwm.platform import get_platform
@@ -149,6 +156,7 @@ def start_write_results_queue() -> None:
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         get_write_results_queue("fork" if get_platform().device.type == "cpu" else "spawn")
+        _write_results_queue_started = True
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

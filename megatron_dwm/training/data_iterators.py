@@ -51,7 +51,7 @@ class TrainingData:
         self.domains = datasets.domains
         self.train = self._loader(datasets.train, progress.consumed_train_samples, args.num_workers)
         self.valid = self._loader(datasets.valid, progress.consumed_valid_samples, 0)
-        self.has_valid = args.eval_iters > 0 and self._broadcast_flag(datasets.valid is not None)
+        self.has_valid = args.eval_iters > 0 and bool(self._from_tp_source(int(datasets.valid is not None)))
         self.lambada: Optional[ContextTargetDataset] = None
         self.dwm_valid: Optional[Iterator[Microbatch]] = None  # endless: the DWM's outer steps
         if args.dwm_valid_data_path and self.is_source:
@@ -60,6 +60,9 @@ class TrainingData:
             self.dwm_valid = iter(build_pretraining_data_loader(
                 self.lambada, progress.consumed_dwm_valid_samples, args.micro_batch_size, self.dp_rank,
                 self.dp_size, cyclic=True))
+        # the LAMBADA-style set's whole global batches, known on every TP rank
+        self.lambada_global_batches = self._from_tp_source(len(self.lambada) if self.lambada else 0) \
+            // args.global_batch_size
 
     def _loader(self, dataset, consumed: int, num_workers: int) -> Optional[Iterator[Microbatch]]:
         if dataset is None or not self.is_source or consumed >= len(dataset):  # nothing (left) to read
@@ -67,11 +70,12 @@ class TrainingData:
         return iter(build_pretraining_data_loader(dataset, consumed, self.args.micro_batch_size, self.dp_rank,
                                                   self.dp_size, num_workers=num_workers))
 
-    def _broadcast_flag(self, value: bool) -> bool:
-        flag = torch.tensor([int(value)], device=self.device)
-        torch.distributed.broadcast(flag, torch.distributed.get_global_rank(
-            parallel_state.get_tensor_model_parallel_group(), 0), group=parallel_state.get_tensor_model_parallel_group())
-        return bool(flag.item())
+    def _from_tp_source(self, value: int) -> int:
+        """`value` as the tensor-parallel group's first rank (which holds the datasets) has it."""
+        group = parallel_state.get_tensor_model_parallel_group()
+        tensor = torch.tensor([value], device=self.device)
+        torch.distributed.broadcast(tensor, torch.distributed.get_global_rank(group, 0), group=group)
+        return int(tensor.item())
 
     def next_global_batch(self, iterator: Optional[Iterator[Microbatch]], samples: int | None = None) -> list[Microbatch]:
         """This DP rank's share of the next `samples` (default: a global batch), as micro batches on
@@ -84,12 +88,8 @@ class TrainingData:
 
         Every evaluation scores the same first ``len // global_batch`` global batches of the set.
         """
-        size = torch.tensor([len(self.lambada) if self.lambada is not None else 0], device=self.device)
-        torch.distributed.all_reduce(size, op=torch.distributed.ReduceOp.MAX,
-                                     group=parallel_state.get_tensor_model_parallel_group())
-        batches = int(size.item()) // self.args.global_batch_size
         if self.lambada is None:
-            return None, batches
+            return None, self.lambada_global_batches
         loader = build_pretraining_data_loader(self.lambada, 0, self.args.micro_batch_size, self.dp_rank,
                                                self.dp_size, cyclic=True)
-        return iter(loader), batches
+        return iter(loader), self.lambada_global_batches

@@ -15,8 +15,9 @@ from megatron_dwm.training.step import run_global_batch
 
 
 @dataclass
-class LossTotals:
-    """Sums and counts of per-sample losses, overall and per domain id (``num_domains`` of them)."""
+class DomainTotals:
+    """Sums and counts of a per-sample value (a loss, a weight), overall and per domain id
+    (``num_domains`` of them; other ids count only overall)."""
 
     num_domains: int
     sums: torch.Tensor = field(init=False)
@@ -26,13 +27,13 @@ class LossTotals:
         self.sums = torch.zeros(self.num_domains + 1, dtype=torch.float64)  # last slot: all samples
         self.counts = torch.zeros(self.num_domains + 1, dtype=torch.float64)
 
-    def add(self, losses: torch.Tensor, domain_id: torch.Tensor) -> None:
-        losses, domain_id = losses.detach().double().cpu(), domain_id.cpu()
+    def add(self, values: torch.Tensor, domain_id: torch.Tensor) -> None:
+        values, domain_id = values.detach().double().cpu(), domain_id.cpu()
         known = (domain_id >= 0) & (domain_id < self.num_domains)
-        self.sums.index_add_(0, domain_id[known], losses[known])
-        self.counts.index_add_(0, domain_id[known], torch.ones_like(losses[known]))
-        self.sums[-1] += losses.sum()
-        self.counts[-1] += losses.numel()
+        self.sums.index_add_(0, domain_id[known], values[known])
+        self.counts.index_add_(0, domain_id[known], torch.ones_like(values[known]))
+        self.sums[-1] += values.sum()
+        self.counts[-1] += values.numel()
 
     def all_reduce(self, group: dist.ProcessGroup | None, device: torch.device) -> None:
         """Sum over the data-parallel ranks (call on every rank of the last pipeline stage)."""
@@ -48,10 +49,10 @@ class LossTotals:
 
 
 def evaluate(model, next_global_batch: Callable[[], list], num_batches: int, loss: WeightedLoss,
-             num_domains: int, device: torch.device) -> LossTotals | None:
+             num_domains: int, device: torch.device) -> DomainTotals | None:
     """Mean per-sample loss over `num_batches` global batches; the totals on the last pipeline stage
     (reduced over data-parallel ranks), None elsewhere."""
-    totals = LossTotals(num_domains)
+    totals = DomainTotals(num_domains)
     model.eval()
     with torch.no_grad():
         for _ in range(num_batches):

@@ -35,10 +35,16 @@ def forward_backward(model, tokens: torch.Tensor, micro_batch_size: int, forward
 
         return output, loss_func
 
-    get_forward_backward_func()(forward_step_func=step, data_iterator=batches, model=[model],
-                                num_microbatches=num_microbatches, seq_length=seq,
-                                micro_batch_size=micro_batch_size, forward_only=forward_only)
+    _schedule(model, step, batches, num_microbatches, seq, micro_batch_size, forward_only)
     return torch.cat(per_token) if per_token else None
+
+
+def _schedule(model, step, data_iterator, num_microbatches: int, seq_length: int, micro_batch_size: int,
+              forward_only: bool) -> None:
+    """megatron-core's forward-backward schedule for this pipeline layout, over one model chunk."""
+    get_forward_backward_func()(forward_step_func=step, data_iterator=data_iterator, model=[model],
+                                num_microbatches=num_microbatches, seq_length=seq_length,
+                                micro_batch_size=micro_batch_size, forward_only=forward_only)
 
 
 def run_global_batch(
@@ -63,7 +69,5 @@ def run_global_batch(
         index = next(data_iterator)
         return loss.forward(chunk, microbatches[index], None if weights is None else weights[index], forward_only)
 
-    get_forward_backward_func()(forward_step_func=step, data_iterator=batches, model=[model],
-                                num_microbatches=len(microbatches), seq_length=tokens.shape[1],
-                                micro_batch_size=tokens.shape[0], forward_only=forward_only)
+    _schedule(model, step, batches, len(microbatches), tokens.shape[1], tokens.shape[0], forward_only)
     return loss.collected()

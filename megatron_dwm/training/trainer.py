@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import time
 from typing import Any, Iterator, Protocol
 
@@ -33,8 +34,8 @@ from megatron_dwm.parallel import ParallelContext
 from megatron_dwm.platform import get_platform
 from megatron_dwm.training import checkpointing
 from megatron_dwm.training.build import build_optimizer, wrap_ddp
-from megatron_dwm.training.data_iterators import Microbatch, TrainingData
-from megatron_dwm.training.evaluation import LossTotals, evaluate
+from megatron_dwm.training.data_iterators import TrainingData
+from megatron_dwm.training.evaluation import DomainTotals, evaluate
 from megatron_dwm.training.faults import (
     Deadline,
     NonFiniteStepsError,
@@ -74,6 +75,7 @@ class Trainer:
         self.progress = TrainingProgress()
         self.components: dict[str, tuple[Stateful | None, int]] = {}  # name -> (component or None, replica id)
         self.deadline = Deadline(args.exit_duration_in_mins)
+        self._signals: StopSignalHandler | None = None  # installed while train() runs
 
         tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
         self.arch = model_arch(args).with_overrides(vocab_size=args.vocab_size or tokenizer.vocab_size)
@@ -190,13 +192,11 @@ class Trainer:
         dwm = build_dwm(args, self.padded_vocab, self.device) if holder else None
         samples_log = None
         if self.is_logging_rank and self._metrics_path():
-            import os
-
             samples_log = os.path.join(os.path.dirname(os.path.abspath(self._metrics_path())), "dwm_samples.jsonl")
         weighting = DWMWeighting(args, schedule, dwm, samples_log)
         replica = (parallel_state.get_tensor_model_parallel_rank() * parallel_state.get_data_parallel_world_size()
                    + parallel_state.get_data_parallel_rank())
-        self.register_state(DWM_COMPONENT, weighting if holder else None, replica_id=replica)
+        self.register_state(DWM_COMPONENT, dwm, replica_id=replica)
         return weighting
 
     def _load_dwm(self, root: str) -> None:
@@ -299,8 +299,6 @@ class Trainer:
             if self.metrics is not None:
                 self.metrics.close()
 
-    _signals: StopSignalHandler | None = None
-
     # -- evaluation and logging --------------------------------------------------------------
     def run_evaluation(self) -> None:
         """Valid split of the blend (--eval-iters global batches) and the LAMBADA-style set."""
@@ -362,8 +360,6 @@ class Trainer:
         stats.restart()
 
     def _metrics_path(self) -> str | None:
-        import os
-
         if self.args.metrics_file:
             return self.args.metrics_file
         directory = self.args.tensorboard_dir or self.args.save
@@ -390,7 +386,7 @@ class _IntervalStats:
         self.restart()
 
     def restart(self) -> None:
-        self.totals = LossTotals(self.num_domains)
+        self.totals = DomainTotals(self.num_domains)
         self.grad_norms: list[float] = []
         self.skipped = 0
         self.iterations = 0
@@ -420,7 +416,7 @@ class _IntervalStats:
         return sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan
 
 
-def _loss_scalars(name: str, totals: LossTotals | None, domains: list[str]) -> dict[str, float]:
+def _loss_scalars(name: str, totals: DomainTotals | None, domains: list[str]) -> dict[str, float]:
     if totals is None:
         return {}
     loss = totals.mean()

@@ -13,16 +13,17 @@ import argparse
 import json
 import math
 import os
-from typing import Any
+from dataclasses import replace
 
 import torch
 from megatron.core import parallel_state
 
-from megatron_dwm.dwm.colocated import ColocatedDWM
+from megatron_dwm.dwm.colocated import ColocatedDWM, GlobalBatchWeights
 from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient
 from megatron_dwm.dwm.model import DataWeightingModel, DWMConfig, load_encoder_from_checkpoint
 from megatron_dwm.dwm.schedule import StageSchedule
 from megatron_dwm.training.bilevel import MegatronBilevel
+from megatron_dwm.training.evaluation import DomainTotals
 
 
 class UniformWeighting:
@@ -65,12 +66,9 @@ class DWMWeighting:
         self._reset_interval()
 
     def _reset_interval(self) -> None:
-        self.weight_sums: dict[int, float] = {}
-        self.weight_counts: dict[int, int] = {}
-        self.batch_stats: list[tuple[float, float, float, float]] = []  # min, max, std, ess
+        self.batches: list[GlobalBatchWeights] = []  # every weighted global batch since the last log
         self.fd_records: list[FiniteDifference] = []
         self.valid_losses: list[float] = []
-        self.fallbacks = 0
         self.fd_skipped = 0
         self._last_hypergradient: torch.Tensor | None = None
 
@@ -79,7 +77,8 @@ class DWMWeighting:
             return None
         weights = self.dwm.weights(microbatches, iteration / self.args.train_iters,
                                    keep_graph=self.schedule.updates_dwm(iteration))
-        self._record(self.dwm.last)
+        last = self.dwm.last
+        self.batches.append(replace(last, weights=last.weights.detach()))
         return weights
 
     def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
@@ -93,7 +92,6 @@ class DWMWeighting:
                                   self.args.dwm_fd_direction)
         result = finite_difference_hypergradient(bilevel, learning_rate, self.args.global_batch_size,
                                                  self.args.dwm_fd_radius)
-        trainer.model.zero_grad_buffer()
         if self.dwm is None:
             return
         self.fd_records.append(result)
@@ -107,35 +105,26 @@ class DWMWeighting:
             print(f"iteration {iteration + 1}: the finite-difference pass was not finite; DWM update skipped",
                   flush=True)
 
-    def _record(self, last) -> None:
-        weights = last.weights.detach().double()
-        for domain, total in zip(*_sum_by(last.domain_id, weights)):
-            self.weight_sums[domain] = self.weight_sums.get(domain, 0.0) + total[0]
-            self.weight_counts[domain] = self.weight_counts.get(domain, 0) + total[1]
-        ess = float(weights.sum() ** 2 / (weights ** 2).sum())
-        self.batch_stats.append((float(weights.min()), float(weights.max()), float(weights.std()), ess))
-        self.fallbacks += int(last.fell_back)
-        self._last = last
-
     def pop_metrics(self, domains: list[str], iteration: int) -> dict[str, float]:
         """Scalars since the last call (on DWM holders; {} elsewhere), and the batch's weights to
         the samples log."""
-        if self.dwm is None or not self.batch_stats:
+        if self.dwm is None or not self.batches:
             self._reset_interval()
             return {}
-        stats = torch.tensor(self.batch_stats, dtype=torch.float64)
+        weights = [batch.weights.double() for batch in self.batches]
+        by_domain = DomainTotals(len(domains))
+        for batch in self.batches:
+            by_domain.add(batch.weights, batch.domain_id)
         scalars: dict[str, float] = {
             "dwm/stage": self.schedule.stage_of(iteration - 1),
             "dwm/phase": int(self.schedule.in_dwm_phase(iteration - 1)),
-            "dwm/weight min": float(stats[:, 0].min()),
-            "dwm/weight max": float(stats[:, 1].max()),
-            "dwm/weight std": float(stats[:, 2].mean()),
-            "dwm/ess": float(stats[:, 3].mean()),
-            "dwm/fallbacks": self.fallbacks,
+            "dwm/weight min": min(float(w.min()) for w in weights),
+            "dwm/weight max": max(float(w.max()) for w in weights),
+            "dwm/weight std": sum(float(w.std()) for w in weights) / len(weights),
+            "dwm/ess": sum(float(w.sum() ** 2 / (w ** 2).sum()) for w in weights) / len(weights),
+            "dwm/fallbacks": sum(int(batch.fell_back) for batch in self.batches),
         }
-        for domain, total in self.weight_sums.items():
-            name = domains[domain] if 0 <= domain < len(domains) else str(domain)
-            scalars[f"dwm/weight/{name}"] = total / self.weight_counts[domain]
+        scalars.update({f"dwm/weight/{name}": mean for name, mean in by_domain.domain_means(domains).items()})
         if self.fd_records:
             norms = [float(r.hypergradient.norm()) for r in self.fd_records if r.hypergradient is not None]
             scalars["dwm/hypergrad norm"] = sum(norms) / len(norms) if norms else math.nan
@@ -150,29 +139,16 @@ class DWMWeighting:
     def _write_samples(self, domains: list[str], iteration: int) -> None:
         if self.samples_log is None:
             return
-        last = self._last
+        last = self.batches[-1]
         record = {
             "iteration": iteration,
             "stage": self.schedule.stage_of(iteration - 1),
             "domain": [domains[d] if 0 <= d < len(domains) else str(d) for d in last.domain_id.tolist()],
             "document_id": last.document_id.tolist(),
-            "weight": last.weights.detach().double().tolist(),
+            "weight": last.weights.double().tolist(),
         }
         if self._last_hypergradient is not None:
             record["hypergradient"] = self._last_hypergradient.tolist()
         os.makedirs(os.path.dirname(os.path.abspath(self.samples_log)), exist_ok=True)
         with open(self.samples_log, "a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")
-
-    # checkpoint slot (held on the last pipeline stage)
-    def state_dict(self) -> dict[str, Any]:
-        return self.dwm.state_dict() if self.dwm is not None else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.dwm is not None:
-            self.dwm.load_state_dict(state)
-
-
-def _sum_by(keys: torch.Tensor, values: torch.Tensor) -> tuple[list[int], list[tuple[float, int]]]:
-    unique = sorted(set(keys.tolist()))
-    return unique, [(float(values[keys == key].sum()), int((keys == key).sum())) for key in unique]
