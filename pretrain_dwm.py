@@ -19,21 +19,19 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=args.logging_level)
     logging.getLogger("megatron").setLevel(args.logging_level)
-    from megatron_dwm.parallel import destroy_parallel, initialize_parallel, join_optimizer_setup_outside_llm
+    from megatron_dwm.dwm.exchange import ExchangeError
+    from megatron_dwm.parallel import destroy_parallel, initialize_parallel
+    from megatron_dwm.training.dwm_ranks import run_dwm_rank
     from megatron_dwm.training.faults import NonFiniteStepsError
     from megatron_dwm.training.trainer import Trainer
 
     context = initialize_parallel(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                                   args.dwm_ranks, args.seed, args.distributed_timeout_minutes)
-    if not context.is_llm_rank:
-        join_optimizer_setup_outside_llm()
-        destroy_parallel()
-        return 0
     try:
-        code = Trainer(args, context).train()
-    except NonFiniteStepsError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        code = 1
+        code = Trainer(args, context).train() if context.is_llm_rank else run_dwm_rank(args, context)
+    except (NonFiniteStepsError, ExchangeError) as error:
+        print(f"error: rank {context.rank}: {error}", file=sys.stderr, flush=True)
+        return 1  # no orderly teardown: a peer is gone
     destroy_parallel()
     return code
 

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     dwm.add_argument("--dwm-update-interval", type=int, default=1, help="update the DWM every M-th iteration of a DWM phase")
     dwm.add_argument("--dwm-load", default=None, help="load the DWM (only) from this run's checkpoint directory")
     dwm.add_argument("--dwm-freeze", action="store_true", help="never update the DWM (e.g. a transferred one)")
+    dwm.add_argument("--dwm-exchange-timeout", type=float, default=300.0,
+                     help="with --dwm-ranks > 0: seconds a training rank waits for the DWM ranks' weights before "
+                          "the job fails naming the DWM rank (a dead DWM rank is noticed at once)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data-path", nargs="*", default=None,
@@ -250,8 +253,11 @@ def _schedule_problems(args: argparse.Namespace) -> list[str]:
 def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None) -> list[str]:
     """The DWM's flags; fills in --dwm-update-iters."""
     if args.dwm_disable:
-        return []
+        return [f"--dwm-ranks {args.dwm_ranks} reserves ranks for the DWM, which --dwm-disable turns off: "
+                "use --dwm-ranks 0"] if args.dwm_ranks > 0 else []
     problems = []
+    if args.dwm_exchange_timeout <= 0:
+        problems.append(f"--dwm-exchange-timeout {args.dwm_exchange_timeout} must be > 0 seconds")
     if 1 <= args.dwm_stages <= args.train_iters:
         stage_length = args.train_iters // args.dwm_stages
         if args.dwm_update_iters is None:

@@ -10,6 +10,11 @@ The LLM's tensor/pipeline/data-parallel groups are built by megatron-core's
 only; every rank of the world takes part in creating them (group creation is collective), and the
 ranks outside get no LLM group. megatron-core's ``ProcessGroupCollection`` of the LLM is then
 handed to the model, DDP, optimizer and schedules.
+
+With DWM ranks (A > 0) two more groups exist: the DWM group (ranks T..T+A-1, a megatron-core
+``HyperCommGrid`` with ``rank_offset=T``), over which the DWM is data-parallel, and the exchange
+group (the whole world, always gloo, so a few floats per sample travel on the CPU with a time
+limit on every wait) that carries weights, hypergradients and commands between the two sides.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from __future__ import annotations
 import datetime
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
+from megatron.core.hyper_comm_grid import HyperCommGrid
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
@@ -67,6 +73,9 @@ class RankLayout:
                 f"{where} = {self.llm_world_size} LLM ranks is not divisible by "
                 f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp} = {tp * pp}"
             ]
+        if a > 1 and self.data_parallel_size % a:
+            return [f"--dwm-ranks {a} does not divide the data-parallel size {self.data_parallel_size}: each DWM "
+                    "rank serves an equal share of the data-parallel replicas"]
         return []
 
 
@@ -78,10 +87,22 @@ class ParallelContext:
     rank: int
     pg_collection: ProcessGroupCollection | None
     llm_group: dist.ProcessGroup | None = None  # all LLM ranks 0..T-1 (None off them)
+    dwm_group: dist.ProcessGroup | None = None  # the DWM ranks T..T+A-1 (None off them, or when A = 0)
+    exchange_group: dist.ProcessGroup | None = None  # gloo over the world (None when A = 0)
+    last_stage_dp_ranks: dict[int, int] = field(default_factory=dict)  # last-stage LLM rank -> its DP rank (A > 0)
 
     @property
     def is_llm_rank(self) -> bool:
         return self.layout.is_llm_rank(self.rank)
+
+    @property
+    def leader(self) -> int:
+        """The LLM rank that logs and speaks to the DWM ranks (the last one, on the last stage, as Megatron)."""
+        return self.layout.llm_world_size - 1
+
+    @property
+    def dwm_rank_list(self) -> list[int]:
+        return list(range(self.layout.llm_world_size, self.layout.world_size))
 
 
 def launcher_environment() -> dict[str, str]:
@@ -164,7 +185,20 @@ def initialize_parallel(
         seed_everything(seed)
     else:
         llm_group = None
-    return ParallelContext(layout, rank, pg_collection, llm_group)
+    if not layout.dwm_ranks:
+        return ParallelContext(layout, rank, pg_collection, llm_group)
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    dwm_group = HyperCommGrid([layout.dwm_ranks], ["dwm"], rank_offset=layout.llm_world_size).create_pg(
+        "dwm", timeout=timeout)
+    exchange_group = dist.new_group(list(range(layout.world_size)), backend="gloo", timeout=timeout)
+    role = None
+    if pg_collection is not None and parallel_state.is_pipeline_last_stage():
+        role = parallel_state.get_data_parallel_rank()
+    roles: list[int | None] = [None] * layout.world_size
+    dist.all_gather_object(roles, role, group=exchange_group)
+    last_stage = {global_rank: dp_rank for global_rank, dp_rank in enumerate(roles) if dp_rank is not None}
+    return ParallelContext(layout, rank, pg_collection, llm_group, dwm_group if not layout.is_llm_rank(rank) else None,
+                           exchange_group, last_stage)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,16 +1,20 @@
-"""The DWM placed on the training ranks that need the weights (``--dwm-ranks 0``).
+"""A copy of the DWM among the ranks that hold one, and its colocated placement (``--dwm-ranks 0``).
 
-Every rank of the last pipeline stage holds an identical copy of the DWM. Per step each encodes
-its own samples, the sample vectors are all-gathered over the data-parallel group (n x d floats),
-and every copy scores the whole global batch, so a weight can depend on the rest of the batch.
-Global order: data-parallel rank, then the rank's own order (micro batch, then sample).
+:class:`DWMCopy` scores a whole global batch. Each copy encodes its own share of the samples, one
+chunk per data-parallel replica it serves; the sample vectors are all-gathered over the holders'
+group (n x d floats), and every copy scores the whole global batch, so a weight can depend on the
+rest of the batch. Global order: data-parallel replica, then the replica's own order (micro batch,
+then sample).
 
 A DWM update backpropagates ``sum_i g_i w_i`` on every copy; each copy holds the encoder's
-gradient for its own samples only, so the encoder's gradients are summed over the data-parallel
-group (the mixer's and head's are already identical), and the copies stay identical.
+gradient for its own samples only, so the encoder's gradients are summed over the group (the
+mixer's and head's are already identical), and the copies stay identical.
 
-:class:`WeightingPlacement` is the interface the trainer uses; another placement (the DWM on its
-own ranks) implements the same two calls.
+Colocated (:class:`ColocatedDWM`), the holders are the last pipeline stage's ranks and the group
+is the data-parallel group: one chunk per copy. On its own ranks (``megatron_dwm.dwm.auxiliary``)
+the group is the DWM group and each copy serves DP / A replicas.
+
+:class:`WeightingPlacement` is the interface the trainer uses; both placements implement it.
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ import torch.distributed as dist
 
 from megatron_dwm.dwm.model import DataWeightingModel, safe_weights
 
+Samples = dict[str, torch.Tensor]  # tokens [b, s], domain_id [b], document_id [b]
+
 
 class WeightingPlacement(Protocol):
-    def weights(self, microbatches: list[dict[str, torch.Tensor]], progress: float,
-                keep_graph: bool) -> list[torch.Tensor] | None:
-        """This rank's sample weights, one tensor per micro batch (None where no loss is computed)."""
+    last: "GlobalBatchWeights | None"  # the last weighted global batch (where this rank knows it)
+
+    def weights(self, microbatches: list[Samples], iteration: int, progress: float,
+                keep_graph: bool) -> list[torch.Tensor]:
+        """This rank's sample weights for `iteration`, one tensor per micro batch."""
 
     def apply_hypergradient(self, hypergradient: torch.Tensor) -> None:
         """One DWM step from g = dL_V/dw of the last weighted global batch (global order)."""
@@ -41,7 +49,7 @@ class GlobalBatchWeights:
     domain_id: torch.Tensor  # [n]
     document_id: torch.Tensor  # [n]
     fell_back: bool  # the DWM's output was not finite: uniform weights were used
-    local_slice: slice = field(default=slice(0, 0))
+    local_slice: slice = field(default=slice(0, 0))  # the samples this copy encoded
 
 
 def gather_over(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
@@ -54,42 +62,48 @@ def gather_over(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> torch.
     return torch.cat(parts)
 
 
-class ColocatedDWM:
-    """A DWM copy on one last-stage rank; see the module docstring."""
+def concat_samples(microbatches: list[Samples], seq_length: int) -> Samples:
+    """One replica's micro batches as one chunk: the DWM's prefix of the tokens, domain and document ids."""
+    chunk = {key: torch.cat([batch[key] for batch in microbatches]) for key in ("domain_id", "document_id")}
+    chunk["tokens"] = torch.cat([batch["tokens"][:, :seq_length] for batch in microbatches])
+    return chunk
+
+
+class DWMCopy:
+    """One copy of the DWM and its optimizer; see the module docstring."""
 
     def __init__(self, model: DataWeightingModel, optimizer: torch.optim.Optimizer | None,
-                 dp_group: dist.ProcessGroup | None, device: torch.device) -> None:
+                 group: dist.ProcessGroup | None, device: torch.device) -> None:
         self.model = model.to(device)
         self.optimizer = optimizer
-        self.dp_group = dp_group
+        self.group = group
         self.device = device
         self.last: GlobalBatchWeights | None = None
 
-    def weights(self, microbatches: list[dict[str, torch.Tensor]], progress: float,
-                keep_graph: bool) -> list[torch.Tensor]:
-        tokens = torch.cat([batch["tokens"][:, : self.model.config.seq_length] for batch in microbatches])
-        local = {key: torch.cat([batch[key] for batch in microbatches]) for key in ("domain_id", "document_id")}
+    def score(self, chunks: list[Samples], progress: float, keep_graph: bool) -> GlobalBatchWeights:
+        """Weights of the whole global batch from this copy's chunks (equal sizes on every copy)."""
+        local_ids = {key: torch.cat([chunk[key] for chunk in chunks]).to(self.device)
+                     for key in ("domain_id", "document_id")}
         with torch.set_grad_enabled(keep_graph):
-            vectors_local = self.model.encode(tokens)
-            vectors = gather_over(vectors_local.detach(), self.dp_group)
-            rank = dist.get_rank(self.dp_group) if dist.is_initialized() else 0
-            own = slice(rank * tokens.shape[0], (rank + 1) * tokens.shape[0])
+            vectors_local = torch.cat([self.model.encode(chunk["tokens"].to(self.device)) for chunk in chunks])
+            vectors = gather_over(vectors_local.detach(), self.group)
+            rank = dist.get_rank(self.group) if dist.is_initialized() else 0
+            own = slice(rank * vectors_local.shape[0], (rank + 1) * vectors_local.shape[0])
             vectors = torch.cat([vectors[: own.start], vectors_local, vectors[own.stop:]])  # own slice keeps its graph
             weights, ok = safe_weights(self.model.weights_from_scores(self.model.score(vectors, progress)))
-        self.last = GlobalBatchWeights(weights, gather_over(local["domain_id"], self.dp_group),
-                                       gather_over(local["document_id"], self.dp_group), not ok, own)
-        mine = weights[own].detach()
-        return list(mine.split([batch["tokens"].shape[0] for batch in microbatches]))
+        self.last = GlobalBatchWeights(weights, gather_over(local_ids["domain_id"], self.group),
+                                       gather_over(local_ids["document_id"], self.group), not ok, own)
+        return self.last
 
     def apply_hypergradient(self, hypergradient: torch.Tensor) -> None:
         if self.optimizer is None or self.last is None or self.last.fell_back:
             return
         self.optimizer.zero_grad(set_to_none=False)
         (hypergradient.detach().to(self.last.weights) * self.last.weights).sum().backward()
-        if dist.is_initialized() and dist.get_world_size(self.dp_group) > 1:
+        if dist.is_initialized() and dist.get_world_size(self.group) > 1:
             for param in self.model.encoder.parameters():
                 if param.grad is not None:
-                    dist.all_reduce(param.grad, group=self.dp_group)
+                    dist.all_reduce(param.grad, group=self.group)
         self.optimizer.step()
         self.last = None
 
@@ -104,3 +118,13 @@ class ColocatedDWM:
         self.model.load_state_dict(state["model"])
         if load_optimizer and self.optimizer is not None and "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
+
+
+class ColocatedDWM(DWMCopy):
+    """A copy on a last-stage rank, scoring with the data-parallel group; its own replica's weights."""
+
+    def weights(self, microbatches: list[Samples], iteration: int, progress: float,
+                keep_graph: bool) -> list[torch.Tensor]:
+        last = self.score([concat_samples(microbatches, self.model.config.seq_length)], progress, keep_graph)
+        mine = last.weights[last.local_slice].detach()
+        return list(mine.split([batch["tokens"].shape[0] for batch in microbatches]))

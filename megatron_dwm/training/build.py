@@ -5,6 +5,16 @@ from __future__ import annotations
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 
+from megatron_dwm.arguments import model_arch
+from megatron_dwm.model.presets import LlamaArch
+from megatron_dwm.model.provider import padded_vocab_size
+
+
+def llm_arch(args, tokenizer) -> tuple[LlamaArch, int]:
+    """The run's Llama architecture (vocabulary from --vocab-size or the tokenizer) and its padded vocabulary."""
+    arch = model_arch(args).with_overrides(vocab_size=args.vocab_size or tokenizer.vocab_size)
+    return arch, padded_vocab_size(arch.vocab_size, args.tensor_model_parallel_size, args.make_vocab_size_divisible_by)
+
 
 def wrap_ddp(model, config=None, use_distributed_optimizer: bool = False):
     """megatron-core DDP around one model chunk (gradients reduced in fp32, no overlap)."""

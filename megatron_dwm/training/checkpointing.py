@@ -22,6 +22,7 @@ from typing import Any
 
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.transformer.module import MegatronModule
 
@@ -67,9 +68,24 @@ def save_checkpoint(
     """Write the model (plus the optimizer, `sharded` per-rank entries and `common`, which is saved
     once) under `root`, then point the tracker at it.
 
-    Collective over the LLM ranks (every rank of the model must call it). A reader never sees a
-    partial checkpoint: it is written under a hidden name and renamed when complete.
+    Collective over the world (every LLM rank calls it; ranks outside the LLM call
+    :func:`write_checkpoint` with their own entries). A reader never sees a partial checkpoint: it is
+    written under a hidden name and renamed when complete.
     """
+    state = _training_state_dict(model, optimizer, sharded, is_loading=False)
+    return write_checkpoint(root, iteration, {**state, **checkpoint_common(iteration, model, arch, common)})
+
+
+def checkpoint_common(iteration: int | str, model: MegatronModule | list[MegatronModule], arch: LlamaArch,
+                      common: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint's common state (saved once): version, iteration, architecture, plus `common`."""
+    return dict(checkpoint_version=CHECKPOINT_VERSION, iteration=iteration, arch=asdict(arch),
+                padded_vocab_size=_model_chunks(model)[0].vocab_size, **(common or {}))
+
+
+def write_checkpoint(root: str | os.PathLike, iteration: int | str, state: dict[str, Any]) -> Path:
+    """Save this rank's sharded `state` (its plain entries are the common state) atomically as the
+    checkpoint of `iteration` under `root`; collective over the world."""
     root = Path(root)
     final = root / checkpoint_name(iteration)
     staging = root / f".{final.name}.incomplete"
@@ -79,16 +95,8 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
     dist.barrier()
-    state = _training_state_dict(model, optimizer, sharded, is_loading=False)
-    state.update(
-        checkpoint_version=CHECKPOINT_VERSION,
-        iteration=iteration,
-        arch=asdict(arch),
-        padded_vocab_size=_model_chunks(model)[0].vocab_size,
-        **(common or {}),
-    )
     start_write_results_queue()
-    dist_checkpointing.save(state, str(staging))
+    dist_checkpointing.save(state, str(staging), preprocess_common_before_consistancy_check=_without_optimizer)
     dist.barrier()
     if rank0:
         previous = root / f".{final.name}.replaced"
@@ -99,6 +107,20 @@ def save_checkpoint(
         shutil.rmtree(previous, ignore_errors=True)
     dist.barrier()
     return final
+
+
+def _without_optimizer(common: dict[str, Any]) -> dict[str, Any]:
+    """The common state the ranks must agree on: the optimizer's part exists on the LLM ranks only."""
+    return {key: value for key, value in common.items() if key != "optimizer"}
+
+
+def component_shards(components: dict[str, tuple[Any, int]], names: list[str] | None = None) -> dict[str, Any]:
+    """``components/<name>``: one replicated object per registered component (name -> (component or
+    None, replica id)); ranks that hold no copy contribute nothing, the copy with replica id 0 is written."""
+    return {f"components/{name}": ShardedObject(f"components/{name}", component.state_dict(), (1,), (0,),
+                                                replica_id=replica_id)
+            for name, (component, replica_id) in components.items()
+            if component is not None and (names is None or name in names)}
 
 
 def load_checkpoint(

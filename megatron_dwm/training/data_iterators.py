@@ -7,7 +7,7 @@ each micro batch by broadcast (:func:`megatron_dwm.data.get_batch`).
 from __future__ import annotations
 
 import argparse
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -18,6 +18,7 @@ from megatron_dwm.data import (
     build_train_valid_test_datasets,
     get_batch,
 )
+from megatron_dwm.data.datasets import TrainValidTestDatasets, default_is_built_on_rank
 from megatron_dwm.data.tokenizer import TextTokenizer
 from megatron_dwm.training.progress import TrainingProgress
 
@@ -31,6 +32,19 @@ def dataset_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
     return (args.train_iters * args.global_batch_size, evaluations * args.eval_iters * args.global_batch_size, 0)
 
 
+def build_datasets(args: argparse.Namespace, tokenizer: TextTokenizer,
+                   is_built_on_rank: Callable[[], bool] = default_is_built_on_rank) -> TrainValidTestDatasets:
+    """The run's train and valid splits (collective over the world: megatron-core's builder
+    synchronises all ranks, so the DWM ranks build them too)."""
+    return build_train_valid_test_datasets(
+        args.data_path, args.split, args.seq_length, args.seed, tokenizer, args.data_cache_path,
+        dataset_sizes(args), per_split_data_args_path=args.per_split_data_args_path,
+        reset_position_ids=args.reset_position_ids, reset_attention_mask=args.reset_attention_mask,
+        eod_mask_loss=args.eod_mask_loss, create_attention_mask=args.reset_attention_mask,
+        is_built_on_rank=is_built_on_rank,
+    )
+
+
 class TrainingData:
     """Iterators over micro batches of this DP rank for training, validation and the LAMBADA-style set."""
 
@@ -42,12 +56,7 @@ class TrainingData:
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.num_microbatches = args.global_batch_size // (args.micro_batch_size * self.dp_size)
         self.is_source = parallel_state.get_tensor_model_parallel_rank() == 0
-        datasets = build_train_valid_test_datasets(
-            args.data_path, args.split, args.seq_length, args.seed, tokenizer, args.data_cache_path,
-            dataset_sizes(args), per_split_data_args_path=args.per_split_data_args_path,
-            reset_position_ids=args.reset_position_ids, reset_attention_mask=args.reset_attention_mask,
-            eod_mask_loss=args.eod_mask_loss, create_attention_mask=args.reset_attention_mask,
-        )
+        datasets = build_datasets(args, tokenizer)
         self.domains = datasets.domains
         self.train = self._loader(datasets.train, progress.consumed_train_samples, args.num_workers)
         self.valid = self._loader(datasets.valid, progress.consumed_valid_samples, 0)

@@ -26,15 +26,15 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from megatron_dwm.arguments import model_arch
 from megatron_dwm.data import build_tokenizer
 from megatron_dwm.dwm.schedule import StageSchedule
-from megatron_dwm.model.provider import build_llama_model, llama_transformer_config, padded_vocab_size
+from megatron_dwm.model.provider import build_llama_model, llama_transformer_config
 from megatron_dwm.parallel import ParallelContext
 from megatron_dwm.platform import get_platform
 from megatron_dwm.training import checkpointing
-from megatron_dwm.training.build import build_optimizer, wrap_ddp
+from megatron_dwm.training.build import build_optimizer, llm_arch, wrap_ddp
 from megatron_dwm.training.data_iterators import TrainingData
+from megatron_dwm.training.dwm_ranks import DWMRanksLink, remote_dwm
 from megatron_dwm.training.evaluation import DomainTotals, evaluate
 from megatron_dwm.training.faults import (
     Deadline,
@@ -49,9 +49,7 @@ from megatron_dwm.training.metrics import MetricsWriter, format_log_line
 from megatron_dwm.training.progress import TrainingProgress
 from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, set_rng_state, sharded_rng_state
 from megatron_dwm.training.step import run_global_batch
-from megatron_dwm.training.weighting import DWMWeighting, UniformWeighting, build_dwm
-
-DWM_COMPONENT = "dwm"
+from megatron_dwm.training.weighting import DWM_COMPONENT, DWMWeighting, UniformWeighting, build_dwm
 
 
 class Stateful(Protocol):
@@ -78,9 +76,8 @@ class Trainer:
         self._signals: StopSignalHandler | None = None  # installed while train() runs
 
         tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
-        self.arch = model_arch(args).with_overrides(vocab_size=args.vocab_size or tokenizer.vocab_size)
+        self.arch, self.padded_vocab = llm_arch(args, tokenizer)
         tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-        self.padded_vocab = padded_vocab_size(self.arch.vocab_size, tp, args.make_vocab_size_divisible_by)
         config = llama_transformer_config(self.arch, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
                                           bf16=args.bf16)
         model = build_llama_model(self.arch, config, self.padded_vocab, args.seq_length,
@@ -94,7 +91,8 @@ class Trainer:
         config.grad_scale_func = self.optimizer.scale_loss
         self.scheduler = self._build_scheduler()
         self.loss = WeightedLoss(args.loss_kernel, self.device)
-        self.is_logging_rank = context.rank == context.layout.llm_world_size - 1  # last stage, as Megatron
+        self.is_logging_rank = context.rank == context.leader  # last stage, as Megatron
+        self.dwm_ranks = DWMRanksLink(args, context) if context.layout.dwm_ranks else None
         self.weighting = self._build_weighting()
 
         if args.dwm_load:
@@ -103,6 +101,8 @@ class Trainer:
             self.load(args.load)
         if args.save:
             checkpointing.start_write_results_queue()
+        if self.dwm_ranks:
+            self.dwm_ranks.start(self.progress.state_dict())  # they build the datasets with us
         self.data = TrainingData(args, tokenizer, self.progress, self.device)
         self.flops_per_step = num_floating_point_operations(self.arch, self.padded_vocab, args.seq_length,
                                                             args.global_batch_size)
@@ -124,10 +124,7 @@ class Trainer:
         self.components[name] = (component, replica_id)
 
     def _component_shards(self, names: list[str] | None = None) -> dict[str, ShardedObject]:
-        return {f"components/{name}": ShardedObject(f"components/{name}", component.state_dict(), (1,), (0,),
-                                                    replica_id=replica_id)
-                for name, (component, replica_id) in self.components.items()
-                if component is not None and (names is None or name in names)}
+        return checkpointing.component_shards(self.components, names)
 
     def save(self) -> None:
         if not self.args.save:
@@ -141,6 +138,9 @@ class Trainer:
             "args": {key: value for key, value in vars(self.args).items() if _plain(value)},
         }
         start = time.time()
+        if self.dwm_ranks:
+            self.dwm_ranks.save(self.args.save, self.progress.iteration,
+                                checkpointing.checkpoint_common(self.progress.iteration, self.model, self.arch, common))
         path = checkpointing.save_checkpoint(self.args.save, self.progress.iteration, self.model, self.arch,
                                              common=common, optimizer=self.optimizer,
                                              sharded={**sharded_rng_state(), **self._component_shards()})
@@ -162,6 +162,8 @@ class Trainer:
         same_layout = tuple(common.get("rng_layout", ())) == tuple(sizes)
         load_rng = not model_only and not self.args.no_load_rng and same_layout
         saved = [] if model_only else [name for name in common.get("components", []) if name in self.components]
+        if self.dwm_ranks:
+            self.dwm_ranks.load(checkpointing.latest_checkpoint_dir(root), saved, load_optimizer=True)
         state = checkpointing.load_checkpoint(
             root, self.model, optimizer=self.optimizer if load_optim else None,
             sharded={**(sharded_rng_state() if load_rng else {}), **self._component_shards(saved)})
@@ -189,14 +191,20 @@ class Trainer:
         schedule = StageSchedule(args.train_iters, args.dwm_stages, args.dwm_update_iters, args.dwm_update_interval,
                                  frozen=args.dwm_freeze)
         holder = parallel_state.is_pipeline_last_stage()
-        dwm = build_dwm(args, self.padded_vocab, self.device) if holder else None
+        dp_group = parallel_state.get_data_parallel_group()
+        if not holder:
+            dwm = None
+        elif self.dwm_ranks:
+            dwm = remote_dwm(args, self.context, parallel_state.get_data_parallel_rank(), self.device)
+        else:
+            dwm = build_dwm(args, self.padded_vocab, self.device, dp_group)
         samples_log = None
         if self.is_logging_rank and self._metrics_path():
             samples_log = os.path.join(os.path.dirname(os.path.abspath(self._metrics_path())), "dwm_samples.jsonl")
         weighting = DWMWeighting(args, schedule, dwm, samples_log)
         replica = (parallel_state.get_tensor_model_parallel_rank() * parallel_state.get_data_parallel_world_size()
                    + parallel_state.get_data_parallel_rank())
-        self.register_state(DWM_COMPONENT, dwm, replica_id=replica)
+        self.register_state(DWM_COMPONENT, None if self.dwm_ranks else dwm, replica_id=replica)  # or the DWM ranks'
         return weighting
 
     def _load_dwm(self, root: str) -> None:
@@ -207,6 +215,8 @@ class Trainer:
         if DWM_COMPONENT not in dist_checkpointing.load_common_state_dict(str(path)).get("components", []):
             raise ValueError(f"--dwm-load {root}: {path} holds no DWM")
         key = f"components/{DWM_COMPONENT}"
+        if self.dwm_ranks:
+            self.dwm_ranks.load(path, [DWM_COMPONENT], load_optimizer=not self.args.dwm_freeze)
         state = dist_checkpointing.load(self._component_shards([DWM_COMPONENT]), str(path))
         if key in state:
             self.weighting.dwm.load_state_dict(state[key], load_optimizer=not self.args.dwm_freeze)
@@ -283,6 +293,7 @@ class Trainer:
                     reason = ("signal received" if decision.stop_signal else
                               "--exit-duration-in-mins reached" if decision.out_of_time else "--exit-interval reached")
                     print_rank0(f"exiting at iteration {iteration}: {reason}")
+                    self._stop_dwm_ranks()
                     return 0
                 if args.save_interval and iteration % args.save_interval == 0:
                     with self._interval.paused():
@@ -292,12 +303,18 @@ class Trainer:
                 self.run_evaluation()
             if saved_at != self.progress.iteration:
                 self.save()
+            self._stop_dwm_ranks()
             return 0
         finally:
             if self._signals is not None:
                 self._signals.__exit__()
             if self.metrics is not None:
                 self.metrics.close()
+
+    def _stop_dwm_ranks(self) -> None:
+        """A run that ends well lets the DWM ranks go; one that fails leaves them to notice it is gone."""
+        if self.dwm_ranks:
+            self.dwm_ranks.stop()
 
     # -- evaluation and logging --------------------------------------------------------------
     def run_evaluation(self) -> None:

@@ -2,7 +2,8 @@
 what is reported about it.
 
 - ``UniformWeighting``: every weight is 1 (``--dwm-disable``: the baseline, same loss and loop).
-- ``DWMWeighting``: the DWM (colocated on the last pipeline stage) weighs every global batch; on
+- ``DWMWeighting``: the DWM (colocated on the last pipeline stage, or on its own ranks through
+  :class:`~megatron_dwm.dwm.auxiliary.RemoteDWM`) weighs every global batch; on
   the iterations of a DWM phase (:class:`StageSchedule`) it takes an outer step from the
   finite-difference hypergradient after the LLM's step.
 """
@@ -16,14 +17,15 @@ import os
 from dataclasses import replace
 
 import torch
-from megatron.core import parallel_state
 
-from megatron_dwm.dwm.colocated import ColocatedDWM, GlobalBatchWeights
+from megatron_dwm.dwm.colocated import ColocatedDWM, DWMCopy, GlobalBatchWeights, WeightingPlacement
 from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient
 from megatron_dwm.dwm.model import DataWeightingModel, DWMConfig, load_encoder_from_checkpoint
 from megatron_dwm.dwm.schedule import StageSchedule
 from megatron_dwm.training.bilevel import MegatronBilevel
 from megatron_dwm.training.evaluation import DomainTotals
+
+DWM_COMPONENT = "dwm"  # the DWM's entry in a checkpoint: components/dwm
 
 
 class UniformWeighting:
@@ -39,8 +41,8 @@ class UniformWeighting:
         return {}
 
 
-def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device) -> ColocatedDWM:
-    """The DWM copy of a last-stage rank, initialised identically on every rank (from --seed)."""
+def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, group, cls=ColocatedDWM) -> DWMCopy:
+    """A copy of the DWM among the holders' `group`, initialised identically on every rank (from --seed)."""
     config = DWMConfig(vocab_size=vocab_size, num_layers=args.dwm_num_layers, hidden_size=args.dwm_hidden_size,
                        num_attention_heads=args.dwm_num_attention_heads, seq_length=args.dwm_seq_length,
                        temperature=args.dwm_temperature,
@@ -51,13 +53,13 @@ def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device) -
     if args.dwm_init:
         load_encoder_from_checkpoint(model, args.dwm_init)
     optimizer = None if args.dwm_freeze else torch.optim.Adam(model.parameters(), lr=args.dwm_lr)
-    return ColocatedDWM(model, optimizer, parallel_state.get_data_parallel_group(), device)
+    return cls(model, optimizer, group, device)
 
 
 class DWMWeighting:
     """Weights from the DWM and its outer steps; statistics for the logs."""
 
-    def __init__(self, args: argparse.Namespace, schedule: StageSchedule, dwm: ColocatedDWM | None,
+    def __init__(self, args: argparse.Namespace, schedule: StageSchedule, dwm: WeightingPlacement | None,
                  samples_log: str | None) -> None:
         self.args = args
         self.schedule = schedule
@@ -75,10 +77,11 @@ class DWMWeighting:
     def weights(self, microbatches, iteration: int) -> list[torch.Tensor] | None:
         if self.dwm is None:
             return None
-        weights = self.dwm.weights(microbatches, iteration / self.args.train_iters,
+        weights = self.dwm.weights(microbatches, iteration, iteration / self.args.train_iters,
                                    keep_graph=self.schedule.updates_dwm(iteration))
         last = self.dwm.last
-        self.batches.append(replace(last, weights=last.weights.detach()))
+        if last is not None:  # on the ranks that see the whole global batch
+            self.batches.append(replace(last, weights=last.weights.detach()))
         return weights
 
     def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
