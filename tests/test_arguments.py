@@ -34,6 +34,8 @@ def _validate(data_flags):
      "world size 6 = 6 LLM ranks is not divisible by --tensor-model-parallel-size 2 x --pipeline-model-parallel-size 2"),
     (["--tensor-model-parallel-size", "2", "--dwm-ranks", "1"], 4,
      "world size 4 minus --dwm-ranks 1 = 3 LLM ranks is not divisible"),
+    (["--dwm-ranks", "2", "--global-batch-size", "6"], 5, "--dwm-ranks 2 does not divide the data-parallel size 3"),
+    (["--dwm-ranks", "1"], 2, "--dwm-ranks 1 reserves ranks for the DWM, which --dwm-disable turns off"),
     (["--num-attention-heads", "8", "--num-query-groups", "3"], 1, "--num-attention-heads 8 is not divisible by --num-query-groups 3"),
     (["--micro-batch-size", "2", "--global-batch-size", "6"], 2,
      "--global-batch-size 6 is not divisible by --micro-batch-size 2 x data-parallel size 2"),

@@ -80,7 +80,12 @@ class RemoteDWM:
             self.channel.send_many(self.dwm_ranks, Message(Command.UPDATE, self.iteration, hypergradient))
 
     def _receive(self, src: int, command: Command, iteration: int) -> Message:
-        message = self.channel.receive(src, expect=command)
+        try:
+            message = self.channel.receive(src, expect=command)
+        except ExchangeError as error:
+            raise ExchangeError(f"no weights for iteration {iteration}: {error}. The training ranks stop rather than "
+                                "train on stale weights; see that rank's log (--dwm-exchange-timeout sets the "
+                                "time limit)") from None
         if message.iteration != iteration:
             raise ExchangeError(f"{self.channel.describe(src)} sent the weights of iteration {message.iteration} "
                                 f"for iteration {iteration}")

@@ -19,6 +19,8 @@ N = 3
 LAYOUTS = {  # name: (world size, parallel flags)
     "tp1-dp2": (2, ["--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1"]),
     "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+    "tp1-dp2-dwm1": (3, ["--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1",
+                         "--dwm-ranks", "1"]),  # the DWM on its own rank: its state is in the checkpoint too
 }
 
 
