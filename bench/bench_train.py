@@ -41,13 +41,14 @@ REPORTED = ("tokens per second", "samples per second", "elapsed time per iterati
             "throughput per GPU (TFLOP/s/GPU)", "MFU")
 
 
-def run(config: dict, iters: int, workdir: str, extra: list[str] | None = None) -> list[dict]:
-    """One run of `config` (plus `extra` flags, which replace --dwm-disable); its per-iteration records."""
+def run(config: dict, iters: int, workdir: str, extra: list[str] | None = None, extra_ranks: int = 0) -> list[dict]:
+    """One run of `config` (plus `extra` flags, which replace --dwm-disable, and `extra_ranks` processes
+    beyond the training ranks, for --dwm-ranks); its per-iteration records."""
     metrics = os.path.join(workdir, "metrics.jsonl")
     with open(os.path.join(DEMO, "indexed", "data_path.txt")) as file:
         data_path = file.read().split()
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(config["nproc"]),
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(config["nproc"] + extra_ranks),
         os.path.join(REPO, "pretrain_dwm.py"), *config["flags"], "--train-iters", str(iters), "--lr", "3e-4",
         "--log-interval", "1", "--eval-interval", str(10 * iters), "--eval-iters", "0",
         *(extra if extra is not None else ["--dwm-disable"]),

@@ -288,7 +288,7 @@ def write_correlations_csv(rows: list[Correlation], path: str | os.PathLike) -> 
     return _write_atomically(path, lambda f: f.write(text.getvalue().encode("utf-8")))
 
 
-def _agg_figure(**kwargs: Any) -> Any:
+def agg_figure(**kwargs: Any) -> Any:
     """A matplotlib figure drawn by the Agg backend, outside pyplot's global state (nothing to close)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -300,7 +300,7 @@ def _agg_figure(**kwargs: Any) -> Any:
 
 def plot_domain_weights(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Mean weight per domain vs iteration, stage boundaries dashed, DWM phases shaded."""
-    figure = _agg_figure(figsize=(10, 5))
+    figure = agg_figure(figsize=(10, 5))
     axes = figure.subplots()
     for domain, (iterations, weights) in domain_weight_series(records).items():
         axes.plot(iterations, weights, label=domain, linewidth=1.2)
@@ -320,7 +320,7 @@ def plot_weight_histograms(batches: list[SampleBatch], path: str | os.PathLike,
                            bins: int = 50, log_y: bool = False) -> Path:
     """One histogram of per-sample weights per stage, on a shared x axis."""
     weights = {s: w[np.isfinite(w)] for s, w in stage_weights(batches).items()} or {None: np.array([])}
-    figure = _agg_figure(figsize=(8, 2.2 * len(weights) + 0.8), layout="tight")
+    figure = agg_figure(figsize=(8, 2.2 * len(weights) + 0.8), layout="tight")
     panels = figure.subplots(len(weights), 1, sharex=True, squeeze=False)
     every = np.concatenate(list(weights.values()))
     edges = np.histogram_bin_edges(every if len(every) else [0.0, 2.0], bins=bins)
@@ -338,7 +338,7 @@ def plot_score_correlations(rows: list[Correlation], path: str | os.PathLike) ->
     columns = list(dict.fromkeys(r.score for r in rows))
     stages = sorted({r.stage for r in rows})
     width = 0.8 / max(len(stages), 1)
-    figure = _agg_figure(figsize=(max(8, 2.5 * len(columns)), 4.5), layout="tight")
+    figure = agg_figure(figsize=(max(8, 2.5 * len(columns)), 4.5), layout="tight")
     panels = figure.subplots(1, 2, sharey=True)
     for axes, method in zip(panels, ("pearson", "spearman")):
         for index, stage in enumerate(stages):

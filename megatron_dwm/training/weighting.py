@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import time
 from dataclasses import replace
 
 import torch
@@ -72,13 +73,16 @@ class DWMWeighting:
         self.fd_records: list[FiniteDifference] = []
         self.valid_losses: list[float] = []
         self.fd_skipped = 0
+        self.weights_seconds: list[float] = []  # per iteration: the DWM's forward, or the wait for the DWM ranks
         self._last_hypergradient: torch.Tensor | None = None
 
     def weights(self, microbatches, iteration: int) -> list[torch.Tensor] | None:
         if self.dwm is None:
             return None
+        start = time.perf_counter()
         weights = self.dwm.weights(microbatches, iteration, iteration / self.args.train_iters,
                                    keep_graph=self.schedule.updates_dwm(iteration))
+        self.weights_seconds.append(time.perf_counter() - start)
         last = self.dwm.last
         if last is not None:  # on the ranks that see the whole global batch
             self.batches.append(replace(last, weights=last.weights.detach()))
@@ -126,6 +130,7 @@ class DWMWeighting:
             "dwm/weight std": sum(float(w.std()) for w in weights) / len(weights),
             "dwm/ess": sum(float(w.sum() ** 2 / (w ** 2).sum()) for w in weights) / len(weights),
             "dwm/fallbacks": sum(int(batch.fell_back) for batch in self.batches),
+            "dwm/weights time (ms)": 1000.0 * sum(self.weights_seconds) / len(self.weights_seconds),
         }
         scalars.update({f"dwm/weight/{name}": mean for name, mean in by_domain.domain_means(domains).items()})
         if self.fd_records:

@@ -1,0 +1,90 @@
+"""A DWM run against its ``--dwm-disable`` baseline: validation loss against training tokens, and
+how many tokens the baseline needs to reach the DWM run's final loss."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from megatron_dwm.dwm.analysis import agg_figure, save_figure
+
+VALID_KEY = "dwm-valid loss"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's evaluations: training tokens seen at each, and the loss."""
+
+    tokens: list[int]
+    loss: list[float]
+
+
+def validation_curve(records: list[dict[str, Any]], tokens_per_iteration: int, key: str = VALID_KEY) -> Curve:
+    """`key` at every evaluation of a run's metrics (the last record of an iteration wins: resumed runs)."""
+    by_iteration = {record["iteration"]: record[key] for record in records if key in record}
+    if not by_iteration:
+        raise ValueError(f"the metrics hold no {key!r}: did the run evaluate on its --dwm-valid-data-path?")
+    iterations = sorted(by_iteration)
+    return Curve([i * tokens_per_iteration for i in iterations], [by_iteration[i] for i in iterations])
+
+
+def tokens_to_reach(curve: Curve, target: float) -> float | None:
+    """Tokens at which `curve` first reaches `target` (linear between evaluations; None if never)."""
+    previous = None
+    for tokens, loss in zip(curve.tokens, curve.loss):
+        if loss <= target:
+            if previous is None:
+                return float(tokens)
+            (t0, l0) = previous
+            return t0 + (tokens - t0) * (l0 - target) / (l0 - loss)
+        previous = (tokens, loss)
+    return None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    dwm_final_tokens: int
+    dwm_final_loss: float
+    baseline_loss_at_same_tokens: float | None  # the baseline's evaluation at the DWM run's last one
+    baseline_tokens_to_match: float | None  # tokens the baseline needs to reach the DWM's final loss
+
+    @property
+    def token_ratio(self) -> float | None:
+        return None if self.baseline_tokens_to_match is None else self.baseline_tokens_to_match / self.dwm_final_tokens
+
+
+def compare(dwm: Curve, baseline: Curve) -> Comparison:
+    final_tokens, final_loss = dwm.tokens[-1], dwm.loss[-1]
+    same = dict(zip(baseline.tokens, baseline.loss)).get(final_tokens)
+    return Comparison(final_tokens, final_loss, same, tokens_to_reach(baseline, final_loss))
+
+
+def plot_comparison(dwm: Curve, baseline: Curve, comparison: Comparison, path: str | os.PathLike,
+                    ylabel: str = "LAMBADA-style validation loss") -> Path:
+    figure = agg_figure(figsize=(9, 5))
+    axes = figure.subplots()
+    axes.plot([t / 1e6 for t in baseline.tokens], baseline.loss, label="--dwm-disable (uniform)", marker=".")
+    axes.plot([t / 1e6 for t in dwm.tokens], dwm.loss, label="DWM", marker=".")
+    axes.axhline(comparison.dwm_final_loss, color="gray", linestyle=":", linewidth=0.8)
+    if comparison.baseline_tokens_to_match is not None:
+        axes.axvline(comparison.baseline_tokens_to_match / 1e6, color="gray", linestyle="--", linewidth=0.8,
+                     label=f"baseline reaches the DWM's final loss ({comparison.token_ratio:.2f}x tokens)")
+    axes.set(xlabel="training tokens (millions)", ylabel=ylabel, title="DWM vs uniform weighting")
+    axes.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
+def format_comparison(comparison: Comparison) -> str:
+    def fmt(value: float | None, spec: str) -> str:
+        return "not reached" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+    lines = [
+        f"DWM run: final validation loss {comparison.dwm_final_loss:.4f} after {comparison.dwm_final_tokens:,} tokens",
+        f"baseline at the same tokens: {fmt(comparison.baseline_loss_at_same_tokens, '.4f')}",
+        f"tokens the baseline needs to reach it: {fmt(comparison.baseline_tokens_to_match, ',.0f')}"
+        + ("" if comparison.token_ratio is None else f" ({comparison.token_ratio:.2f}x)"),
+    ]
+    return "\n".join(lines)
