@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import traceback
 
 from megatron_dwm.arguments import parse_args
 
@@ -31,9 +32,29 @@ def main(argv: list[str] | None = None) -> int:
         code = Trainer(args, context).train() if context.is_llm_rank else run_dwm_rank(args, context)
     except (NonFiniteStepsError, ExchangeError) as error:
         print(f"error: rank {context.rank}: {error}", file=sys.stderr, flush=True)
-        return 1  # no orderly teardown: a peer is gone
+        exit_now(1)
+    except BaseException:
+        traceback.print_exc()
+        exit_now(1)
     destroy_parallel()
     return code
+
+
+def exit_now(code: int) -> None:
+    """Leave at once after a failure, so that the launcher and the peers learn of it.
+
+    An orderly exit could wait forever: on peers, or on helper processes (loader workers and the
+    checkpoint writer's helper ignore SIGTERM, so pre-emption cannot break a save). The helpers are
+    killed first: forked after the process groups were set up, they hold this rank's connections
+    open, and peers would not see it gone.
+    """
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.kill()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

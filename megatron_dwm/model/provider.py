@@ -113,13 +113,15 @@ def build_llama_model(
 ) -> GPTModel:
     """This rank's pipeline stage of the Llama model (`vocab_size` already padded).
 
-    `pre_process`/`post_process` default to whether this rank holds the first/last stage.
+    `pre_process`/`post_process` default to whether this rank holds the first/last stage. With
+    `config.bf16` every parameter is bf16, as Megatron-LM's Float16Module makes it (megatron-core's
+    local norms are created in fp32; its mixed-precision optimizer checkpoints bf16 parameters only).
     """
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage()
-    return GPTModel(
+    model = GPTModel(
         config=config,
         transformer_layer_spec=llama_layer_spec(),
         vocab_size=vocab_size,
@@ -133,3 +135,4 @@ def build_llama_model(
         pg_collection=pg_collection,
         vp_stage=vp_stage,
     )
+    return model.to(torch.bfloat16) if config.bf16 else model

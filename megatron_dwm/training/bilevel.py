@@ -75,17 +75,21 @@ class AdamPreconditioner:
     """
 
     def __init__(self, optimizer) -> None:
-        self.inner = optimizer.optimizer
-        self.main_of = {id(model_param): main_param  # bf16: the fp32 copy Adam steps; fp32: the parameter itself
-                        for model_group, main_group in zip(getattr(optimizer, "float16_groups", []),
-                                                           getattr(optimizer, "fp32_from_float16_groups", []))
-                        for model_param, main_param in zip(model_group, main_group)}
-        self.group_of = {id(param): group for group in self.inner.param_groups for param in group["params"]}
+        self.main_of: dict[int, torch.Tensor] = {}  # bf16: the fp32 copy Adam steps; fp32: the parameter itself
+        self.group_of: dict[int, tuple[dict, dict]] = {}  # id(main parameter) -> (its group, its optimizer's state)
+        for megatron_optimizer in getattr(optimizer, "chained_optimizers", [optimizer]):  # megatron-core chains them
+            for model_group, main_group in zip(getattr(megatron_optimizer, "float16_groups", []),
+                                               getattr(megatron_optimizer, "fp32_from_float16_groups", [])):
+                self.main_of.update({id(model_param): main_param
+                                     for model_param, main_param in zip(model_group, main_group)})
+            inner = megatron_optimizer.optimizer
+            self.group_of.update({id(param): (group, inner.state)
+                                  for group in inner.param_groups for param in group["params"]})
 
     def __call__(self, param: torch.nn.Parameter, gradient: torch.Tensor) -> torch.Tensor:
         main = self.main_of.get(id(param), param)
-        group = self.group_of[id(main)]
-        state = self.inner.state.get(main, {})
+        group, states = self.group_of[id(main)]
+        state = states.get(main, {})
         v_hat = torch.zeros_like(gradient, dtype=torch.float32)
         if "exp_avg_sq" in state:
             step = float(state["step"])

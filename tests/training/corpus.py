@@ -37,11 +37,13 @@ def _markov_document(rng: numpy.random.Generator, band: range, transitions: nump
     return numpy.array(tokens + [VOCAB + 1], dtype=numpy.int32)
 
 
-def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0, noise_weight: float = 0.0) -> dict[str, object]:
+def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0, noise_weight: float = 0.0,
+                clean_weights: tuple[float, ...] = (3, 2, 1)) -> dict[str, object]:
     """Write the corpus under `directory`; returns its --data-path list, tokenizer and valid prefix.
 
-    With `noise_weight` > 0 the blend also holds a "Noise" domain with that share of the samples:
-    token-shuffled documents, whose tokens are drawn at random from the whole corpus's tokens."""
+    The clean domains are blended in the ratio `clean_weights`. With `noise_weight` > 0 the blend
+    also holds a "Noise" domain with that share of the samples: token-shuffled documents, whose
+    tokens are drawn at random from the whole corpus's tokens."""
     os.makedirs(directory, exist_ok=True)
     rng = numpy.random.default_rng(seed)
     band_width = VOCAB // len(DOMAINS)
@@ -64,7 +66,7 @@ def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0, noise
         text = _markov_document(rng, band, transitions, int(rng.integers(20, 50)))[:-1]
         writer.add_document([text[:-8], text[-8:]])  # the last 8 tokens are the target
     writer.commit()
-    weights = ["3", "2", "1"]
+    weights = [str(w) for w in clean_weights]
     if noise_weight > 0:
         prefix = os.path.join(directory, "Noise_text_document")
         writer = AtomicIndexedWriter(prefix, VOCAB + 2)
@@ -75,7 +77,7 @@ def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0, noise
             writer.add_document([numpy.append(rng.choice(pool, size=length), VOCAB + 1).astype(numpy.int32)])
         writer.commit()
         prefixes.append(prefix)
-        weights = [str(float(w) * (1 - noise_weight) / 6) for w in weights] + [str(noise_weight)]
+        weights = [str(w * (1 - noise_weight) / sum(clean_weights)) for w in clean_weights] + [str(noise_weight)]
     data_path = [item for pair in zip(weights, prefixes) for item in pair]
     return {
         "data_path": data_path,

@@ -7,12 +7,15 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from megatron_dwm.training.metrics import read_metrics
 from tests.training.corpus import training_flags
 from tests.training.launch import Job, run_job
+
+FAULTS = Path(__file__).parent / "scripts" / "train_with_faults.py"
 
 ITERS = 6  # 2 stages of 3 iterations, each opening with a DWM phase of 2: crosses a stage boundary
 LAYOUTS = {  # name: (training ranks, flags, DWM ranks of the separate run)
@@ -76,3 +79,15 @@ def test_lost_dwm_rank_ends_the_job_naming_it(fault, corpus, tmp_path):
     assert "DWM rank 2" in output and "failed" in output, output
     if fault == "stopped":
         assert "time limit 5 s" in output, output
+
+
+def test_failed_training_rank_ends_the_dwm_rank(corpus, tmp_path):
+    """A training rank that fails while the DWM rank waits in a collective (a checkpoint being
+    written): both exit with 1 by themselves, the DWM rank as soon as the training rank is gone."""
+    job = Job(training_flags(corpus, "--train-iters", "6", "--save", str(tmp_path / "ckpt"), "--save-interval", "2",
+                             "--dwm-ranks", "1", "--num-workers", "1", dwm=True), 2, tmp_path / "logs",
+              script=FAULTS, env={"FAULT_RAISE_IN_SAVE": "1"})
+    assert job.wait(timeout=90) == [1, 1], job.output()
+    output = job.output()
+    assert "injected fault: rank 0 fails while writing a checkpoint" in output
+    assert "error: rank 1" in output or "Connection closed" in output, output

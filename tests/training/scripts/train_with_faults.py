@@ -4,6 +4,7 @@ FAULT_NAN_AT=3,4     the sample weights of these iterations are NaN (so are the 
 FAULT_KILL_IN_SAVE=2 SIGKILL this process half-way through writing its 2nd checkpoint
 FAULT_DWM_NAN_AT=2   the DWM's weights for this iteration are NaN (its k-th weighting)
 FAULT_FD_NAN_AT=1    the k-th finite-difference outer step comes out NaN
+FAULT_RAISE_IN_SAVE=2 rank 0 raises an exception when it starts writing its 2nd checkpoint
 """
 
 import os
@@ -19,6 +20,7 @@ nan_at = {int(i) for i in os.environ.get("FAULT_NAN_AT", "").split(",") if i}
 kill_in_save = int(os.environ.get("FAULT_KILL_IN_SAVE", "0"))
 dwm_nan_at = int(os.environ.get("FAULT_DWM_NAN_AT", "0"))
 fd_nan_at = int(os.environ.get("FAULT_FD_NAN_AT", "0"))
+raise_in_save = int(os.environ.get("FAULT_RAISE_IN_SAVE", "0"))
 calls = {"dwm": 0, "fd": 0}
 
 uniform_weights = weighting.UniformWeighting.weights
@@ -64,6 +66,8 @@ dist_save = checkpointing.dist_checkpointing.save
 def save_then_die(state, directory, *args, **kwargs):
     global saves
     saves += 1
+    if saves == raise_in_save and os.environ.get("RANK") == "0":
+        raise RuntimeError("injected fault: rank 0 fails while writing a checkpoint")
     if saves == kill_in_save:
         with open(os.path.join(directory, "__0_0.distcp"), "wb") as partial:
             partial.write(b"\0" * 1024)  # some bytes are on disk when the process dies
