@@ -209,3 +209,25 @@ def test_scripts_pass_shellcheck():
     assert len(SCRIPTS) == 10
     result = subprocess.run([_linter("shellcheck"), "-s", "bash", *map(str, SCRIPTS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dwm_launcher_trains_on_cpu_with_its_dwm_rank(corpus, tmp_path):
+    """The 370M DWM launcher as written (bf16, the DWM on one extra rank, save and load), shrunk
+    through its environment variables and extra arguments to the tiny model on the test corpus:
+    one training rank and one DWM rank train, checkpoint and end cleanly."""
+    from tests.distributed import free_port
+
+    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", GPUS_PER_NODE="1", DWM_RANKS="1",
+               MASTER_PORT=str(free_port()), OUTPUT_DIR=str(tmp_path / "run"), SEQ_LENGTH="64",
+               MICRO_BATCH_SIZE="2", GLOBAL_BATCH_SIZE="4", TRAIN_ITERS="4", LR_WARMUP_ITERS="1", DWM_STAGES="2",
+               TOKENIZER_MODEL=str(corpus["tokenizer"]), LAMBADA_PATH=str(corpus["valid"]), OMP_NUM_THREADS="1",
+               PYTHONWARNINGS="ignore")
+    result = subprocess.run(
+        ["bash", str(EXAMPLES / "pretrain_llama2_370m_dwm.sh"), "--model-preset", "tiny",
+         "--data-path", *corpus["data_path"], "--split", "90,10,0", "--tokenizer-type", "HuggingFaceTokenizer",
+         "--dwm-seq-length", "32", "--dwm-hidden-size", "32", "--eval-iters", "1", "--log-interval", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    assert "DWM rank 1: serving data-parallel replicas 0..0 of 1" in output
+    assert (tmp_path / "run" / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
