@@ -33,8 +33,7 @@ from bench_train import CONFIGS, DEMO, run  # noqa: E402
 
 MS = "elapsed time per iteration (ms)"
 WAIT = "dwm/weights time (ms)"
-CPU_ONE_RANK = dict(CONFIGS["cpu-tiny"], nproc=1,
-                    description="tiny preset, fp32, CPU, 1 training rank, seq 128, global batch 16")
+CPU_ONE_RANK = CONFIGS["cpu-tiny-1rank"]
 
 
 def dwm_flags(iters: int, update: bool, dwm_ranks: int) -> list[str]:

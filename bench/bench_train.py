@@ -32,6 +32,10 @@ CONFIGS = {
         nproc=2, micro_batch=4, global_batch=16, description="tiny preset, fp32, CPU, 2 gloo ranks (DP=2), seq 128, global batch 16",
         flags=["--model-preset", "tiny", "--seq-length", "128", "--micro-batch-size", "4",
                "--global-batch-size", "16"]),
+    "cpu-tiny-1rank": dict(
+        nproc=1, micro_batch=4, global_batch=16, description="tiny preset, fp32, CPU, 1 training rank, seq 128, global batch 16",
+        flags=["--model-preset", "tiny", "--seq-length", "128", "--micro-batch-size", "4",
+               "--global-batch-size", "16"]),
     "gpu-370m": dict(
         nproc=1, micro_batch=4, global_batch=32, description="llama2-370m, bf16, 1 GPU, seq 2048, micro batch 4, global batch 32",
         flags=["--model-preset", "llama2-370m", "--bf16", "--seq-length", "2048", "--micro-batch-size", "4",

@@ -12,7 +12,8 @@ weighting needs to reach the DWM run's final loss.
 
 Writes under --out: ``baseline/`` and ``dwm/`` (metrics, TensorBoard, dwm_samples.jsonl),
 ``dwm/analysis/`` (domain weights over training, weight histograms), ``comparison.png`` and
-``summary.md``. Extra flags after ``--`` go to the DWM run (for example ``-- --dwm-lr 3e-3``).
+``summary.md``. Losses are compared as trailing means over ``--window`` evaluations. Extra flags
+after ``--`` go to the DWM run and override ``DWM_FLAGS`` (for example ``-- --dwm-lr 3e-3``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from megatron_dwm.dwm.comparison import compare, format_comparison, plot_compari
 
 DEMO = REPO / "demo_data"
 SEQ_LENGTH, GLOBAL_BATCH = 128, 16
+# The DWM of these runs (ours; flags given after -- override them): small beside the tiny LLM,
+# 4 stages, each opening with a DWM phase of 50 iterations, the plain gradient as the
+# finite-difference direction, weights clipped to [0.1, 2].
+DWM_FLAGS = ["--dwm-stages", "4", "--dwm-update-iters", "50", "--dwm-num-layers", "1", "--dwm-hidden-size", "64",
+             "--dwm-seq-length", "64", "--dwm-lr", "1e-3", "--dwm-weight-clip", "0.1", "2",
+             "--dwm-fd-direction", "grad"]
 
 
 def common_flags(eval_interval: int, seed: int) -> list[str]:
@@ -62,6 +69,8 @@ def main() -> None:
     parser.add_argument("--eval-interval", type=int, default=20)
     parser.add_argument("--nproc", type=int, default=2, help="training ranks (data parallel)")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--window", type=int, default=5,
+                        help="compare trailing means over this many evaluations (single ones are noisy)")
     parser.add_argument("--skip-existing", action="store_true", help="keep a run whose metrics already exist")
     parser.add_argument("dwm_flags", nargs="*", help="extra flags of the DWM run (after --)")
     args = parser.parse_args()
@@ -70,7 +79,7 @@ def main() -> None:
     baseline_iters = args.baseline_iters or 2 * args.iters
     runs = {
         "baseline": ["--dwm-disable", "--train-iters", str(baseline_iters)],
-        "dwm": ["--train-iters", str(args.iters), *args.dwm_flags],
+        "dwm": ["--train-iters", str(args.iters), *DWM_FLAGS, *args.dwm_flags],
     }
     for name, flags in runs.items():
         if args.skip_existing and (args.out / name / "metrics.jsonl").exists():
@@ -80,8 +89,8 @@ def main() -> None:
     tokens_per_iteration = SEQ_LENGTH * GLOBAL_BATCH
     dwm = validation_curve(load_metrics(args.out / "dwm" / "metrics.jsonl"), tokens_per_iteration)
     baseline = validation_curve(load_metrics(args.out / "baseline" / "metrics.jsonl"), tokens_per_iteration)
-    comparison = compare(dwm, baseline)
-    plot_comparison(dwm, baseline, comparison, args.out / "comparison.png")
+    comparison = compare(dwm, baseline, args.window)
+    plot_comparison(dwm, baseline, comparison, args.out / "comparison.png", window=args.window)
     analysis = analyze_run(args.out / "dwm" / "metrics.jsonl", args.out / "dwm" / "dwm_samples.jsonl",
                            args.out / "dwm" / "analysis")
     summary = f"{format_comparison(comparison)}\n\n{analysis.summary}\n"

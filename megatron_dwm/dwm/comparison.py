@@ -31,6 +31,14 @@ def validation_curve(records: list[dict[str, Any]], tokens_per_iteration: int, k
     return Curve([i * tokens_per_iteration for i in iterations], [by_iteration[i] for i in iterations])
 
 
+def smoothed(curve: Curve, window: int) -> Curve:
+    """The trailing mean of the last `window` evaluations at each one (single evaluations of a small
+    model's loss jump from one to the next)."""
+    means = [sum(curve.loss[max(0, i - window + 1): i + 1]) / len(curve.loss[max(0, i - window + 1): i + 1])
+             for i in range(len(curve.loss))]
+    return Curve(list(curve.tokens), means)
+
+
 def tokens_to_reach(curve: Curve, target: float) -> float | None:
     """Tokens at which `curve` first reaches `target` (linear between evaluations; None if never)."""
     previous = None
@@ -56,18 +64,28 @@ class Comparison:
         return None if self.baseline_tokens_to_match is None else self.baseline_tokens_to_match / self.dwm_final_tokens
 
 
-def compare(dwm: Curve, baseline: Curve) -> Comparison:
+def compare(dwm: Curve, baseline: Curve, window: int = 1) -> Comparison:
+    """The DWM run's final loss against the baseline; with `window` > 1 both curves are first
+    replaced by their trailing means over that many evaluations."""
+    if window > 1:
+        dwm, baseline = smoothed(dwm, window), smoothed(baseline, window)
     final_tokens, final_loss = dwm.tokens[-1], dwm.loss[-1]
     same = dict(zip(baseline.tokens, baseline.loss)).get(final_tokens)
     return Comparison(final_tokens, final_loss, same, tokens_to_reach(baseline, final_loss))
 
 
 def plot_comparison(dwm: Curve, baseline: Curve, comparison: Comparison, path: str | os.PathLike,
-                    ylabel: str = "LAMBADA-style validation loss") -> Path:
+                    ylabel: str = "LAMBADA-style validation loss", window: int = 1) -> Path:
+    """Both curves (faint) and, with `window` > 1, their trailing means (bold), which `comparison` is of."""
     figure = agg_figure(figsize=(9, 5))
     axes = figure.subplots()
-    axes.plot([t / 1e6 for t in baseline.tokens], baseline.loss, label="--dwm-disable (uniform)", marker=".")
-    axes.plot([t / 1e6 for t in dwm.tokens], dwm.loss, label="DWM", marker=".")
+    for curve, label, color in ((baseline, "--dwm-disable (uniform)", "tab:blue"), (dwm, "DWM", "tab:orange")):
+        tokens = [t / 1e6 for t in curve.tokens]
+        axes.plot(tokens, curve.loss, color=color, marker=".", alpha=0.35 if window > 1 else 1.0,
+                  label=label if window == 1 else f"{label}, each evaluation")
+        if window > 1:
+            axes.plot(tokens, smoothed(curve, window).loss, color=color, linewidth=2,
+                      label=f"{label}, mean of the last {window}")
     axes.axhline(comparison.dwm_final_loss, color="gray", linestyle=":", linewidth=0.8)
     if comparison.baseline_tokens_to_match is not None:
         axes.axvline(comparison.baseline_tokens_to_match / 1e6, color="gray", linestyle="--", linewidth=0.8,

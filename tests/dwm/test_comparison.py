@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_dwm.dwm.comparison import Curve, compare, format_comparison, plot_comparison, tokens_to_reach, \
-    validation_curve
+from megatron_dwm.dwm.comparison import Curve, compare, format_comparison, plot_comparison, smoothed, \
+    tokens_to_reach, validation_curve
 
 
 def _records(losses: dict[int, float]) -> list[dict]:
@@ -45,3 +45,14 @@ def test_compare_reports_the_baseline_at_equal_tokens_and_the_tokens_it_needs(tm
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     never = compare(Curve([100], [1.0]), baseline)
     assert never.baseline_tokens_to_match is None and "not reached" in format_comparison(never)
+
+
+def test_smoothed_comparison_uses_trailing_means(tmp_path):
+    assert smoothed(Curve([1, 2, 3, 4], [4.0, 2.0, 6.0, 0.0]), 2) == Curve([1, 2, 3, 4], [4.0, 3.0, 4.0, 3.0])
+    dwm = Curve([100, 200, 300], [5.0, 3.0, 3.0])  # trailing means of 2: 5, 4, 3
+    baseline = Curve([100, 200, 300, 400, 500], [5.0, 5.0, 3.0, 4.0, 2.0])  # 5, 5, 4, 3.5, 3
+    comparison = compare(dwm, baseline, window=2)
+    assert comparison.dwm_final_loss == 3.0 and comparison.baseline_loss_at_same_tokens == 4.0
+    assert comparison.baseline_tokens_to_match == 500.0
+    plot_comparison(dwm, baseline, comparison, tmp_path / "c.png", window=2)
+    assert (tmp_path / "c.png").stat().st_size > 0
