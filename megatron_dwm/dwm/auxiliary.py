@@ -29,13 +29,23 @@ def replicas_of(dwm_index: int, dwm_ranks: int, data_parallel_size: int) -> rang
     return range(dwm_index * share, (dwm_index + 1) * share)
 
 
+def serving_dwm_index(data_parallel_rank: int, dwm_ranks: int, data_parallel_size: int) -> int:
+    """The DWM rank (0-based within the DWM group) whose `replicas_of` holds `data_parallel_rank`."""
+    return data_parallel_rank // (data_parallel_size // dwm_ranks)
+
+
+def replica_slice(weights: torch.Tensor, data_parallel_rank: int, data_parallel_size: int) -> torch.Tensor:
+    """One data-parallel replica's part of a global batch's weights (global order: replica first)."""
+    per_replica = weights.numel() // data_parallel_size
+    return weights[data_parallel_rank * per_replica: (data_parallel_rank + 1) * per_replica]
+
+
 def weight_messages(last: GlobalBatchWeights, iteration: int, replicas: range, data_parallel_size: int,
                     last_stage_dp_ranks: dict[int, int], leader: int, send_record: bool) -> list[tuple[int, Message]]:
     """What a DWM rank sends for `iteration`: each last-stage rank of its replicas its replica's
     weights (the leader excepted), and the leader the RECORD if `send_record`."""
     weights = last.weights.detach()
-    per_replica = weights.numel() // data_parallel_size
-    messages = [(rank, Message(Command.WEIGHTS, iteration, weights[dp * per_replica: (dp + 1) * per_replica]))
+    messages = [(rank, Message(Command.WEIGHTS, iteration, replica_slice(weights, dp, data_parallel_size)))
                 for rank, dp in sorted(last_stage_dp_ranks.items()) if dp in replicas and rank != leader]
     if send_record:
         record = torch.cat([weights.double().cpu(), last.domain_id.double().cpu(), last.document_id.double().cpu(),
@@ -68,9 +78,7 @@ class RemoteDWM:
             n = (record.numel() - 1) // 3
             self.last = GlobalBatchWeights(record[:n].float(), record[n: 2 * n].long(), record[2 * n: 3 * n].long(),
                                            bool(record[-1]))
-            per_replica = n // self.data_parallel_size
-            start = self.data_parallel_rank * per_replica
-            mine = self.last.weights[start: start + per_replica]
+            mine = replica_slice(self.last.weights, self.data_parallel_rank, self.data_parallel_size)
         else:
             mine = self._receive(self.source, Command.WEIGHTS, iteration).floats.float()
         return list(mine.to(self.device).split([batch["tokens"].shape[0] for batch in microbatches]))

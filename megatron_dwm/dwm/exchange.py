@@ -52,9 +52,6 @@ class Channel:
         self.timeout = timeout
         self.describe = describe
 
-    def send(self, dst: int, message: Message) -> None:
-        self.send_many([dst], message)
-
     def send_many(self, destinations: list[int], message: Message) -> None:
         """The same message to every rank of `destinations` (all sends in flight together)."""
         self.post([(dst, message) for dst in destinations])

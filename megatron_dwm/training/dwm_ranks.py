@@ -21,7 +21,7 @@ import torch
 from megatron.core import dist_checkpointing
 
 from megatron_dwm.data import build_pretraining_data_loader, build_tokenizer
-from megatron_dwm.dwm.auxiliary import RemoteDWM, replicas_of, weight_messages
+from megatron_dwm.dwm.auxiliary import RemoteDWM, replicas_of, serving_dwm_index, weight_messages
 from megatron_dwm.dwm.colocated import DWMCopy, GlobalBatchWeights, Samples, concat_samples
 from megatron_dwm.dwm.exchange import Channel, Command, ExchangeError, Message
 from megatron_dwm.dwm.schedule import StageSchedule
@@ -34,8 +34,8 @@ from megatron_dwm.training.faults import StopSignalHandler
 from megatron_dwm.training.weighting import DWM_COMPONENT, build_dwm
 
 
-def exchange_channel(args: argparse.Namespace, context: ParallelContext, timeout: float) -> Channel:
-    """The exchange group as a channel whose errors name the peer's side and the flag to raise."""
+def exchange_channel(context: ParallelContext, timeout: float) -> Channel:
+    """The exchange group as a channel whose errors name the peer's side ("DWM rank 3")."""
     first_dwm_rank = context.layout.llm_world_size
 
     def describe(rank: int) -> str:
@@ -48,10 +48,9 @@ def remote_dwm(args: argparse.Namespace, context: ParallelContext, data_parallel
                device: torch.device) -> RemoteDWM:
     """A last-stage training rank's end of the weights' exchange."""
     layout = context.layout
-    share = layout.data_parallel_size // layout.dwm_ranks
-    return RemoteDWM(exchange_channel(args, context, args.dwm_exchange_timeout), context.dwm_rank_list,
-                     context.dwm_rank_list[data_parallel_rank // share], data_parallel_rank,
-                     layout.data_parallel_size, context.rank == context.leader, device)
+    source = context.dwm_rank_list[serving_dwm_index(data_parallel_rank, layout.dwm_ranks, layout.data_parallel_size)]
+    return RemoteDWM(exchange_channel(context, args.dwm_exchange_timeout), context.dwm_rank_list, source,
+                     data_parallel_rank, layout.data_parallel_size, context.rank == context.leader, device)
 
 
 class DWMRanksLink:
@@ -60,7 +59,7 @@ class DWMRanksLink:
     def __init__(self, args: argparse.Namespace, context: ParallelContext) -> None:
         self.active = context.rank == context.leader
         self.dwm_ranks = context.dwm_rank_list
-        self.channel = exchange_channel(args, context, args.dwm_exchange_timeout)
+        self.channel = exchange_channel(context, args.dwm_exchange_timeout)
 
     def _send(self, command: Command, obj=None, iteration: int = 0) -> None:
         if self.active:
@@ -110,7 +109,7 @@ class DWMRankServer:
         self.schedule = StageSchedule(args.train_iters, args.dwm_stages, args.dwm_update_iters,
                                       args.dwm_update_interval, frozen=args.dwm_freeze)
         # the training ranks may spend a long time between commands (evaluation, checkpoints)
-        self.channel = exchange_channel(args, context, 60.0 * args.distributed_timeout_minutes)
+        self.channel = exchange_channel(context, 60.0 * args.distributed_timeout_minutes)
         self.batches: ReplicaBatches | None = None
         self.next_iteration = 0  # the iteration whose global batch the data position is at
         self.ahead: tuple[int, GlobalBatchWeights] | None = None  # weights computed before they were asked for

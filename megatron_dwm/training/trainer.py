@@ -191,13 +191,12 @@ class Trainer:
         schedule = StageSchedule(args.train_iters, args.dwm_stages, args.dwm_update_iters, args.dwm_update_interval,
                                  frozen=args.dwm_freeze)
         holder = parallel_state.is_pipeline_last_stage()
-        dp_group = parallel_state.get_data_parallel_group()
         if not holder:
             dwm = None
         elif self.dwm_ranks:
             dwm = remote_dwm(args, self.context, parallel_state.get_data_parallel_rank(), self.device)
         else:
-            dwm = build_dwm(args, self.padded_vocab, self.device, dp_group)
+            dwm = build_dwm(args, self.padded_vocab, self.device, parallel_state.get_data_parallel_group())
         samples_log = None
         if self.is_logging_rank and self._metrics_path():
             samples_log = os.path.join(os.path.dirname(os.path.abspath(self._metrics_path())), "dwm_samples.jsonl")
