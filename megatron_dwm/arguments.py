@@ -107,10 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="clip weights to [MIN, MAX] (then renormalise to mean 1)")
     dwm.add_argument("--dwm-lr", type=float, default=1e-3, help="learning rate of the DWM's Adam")
     dwm.add_argument("--dwm-init", default=None,
-                     help="initialise the DWM's encoder from a checkpoint of a small LM (this project's format)")
+                     help="initialise the DWM's encoder from a checkpoint of a small LM (this project's format); "
+                          "the encoder then has the LM's shape, and --dwm-num-layers, --dwm-hidden-size and "
+                          "--dwm-num-attention-heads are not used")
     dwm.add_argument("--dwm-valid-batch-size", type=int, default=None,
                      help="samples of the validation set per DWM update (a multiple of micro batch x DP; "
-                          "default: the global batch size)")
+                          "default: a quarter of the global batch, rounded down to such a multiple)")
     dwm.add_argument("--dwm-fd-radius", type=float, default=0.01, help="r: the finite-difference step is r / ||d||")
     dwm.add_argument("--dwm-fd-direction", default="adam", choices=["adam", "grad"],
                      help="d = P v with Adam's preconditioner P (adam) or P = 1 (grad)")
@@ -250,6 +252,15 @@ def _schedule_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
+def default_valid_batch_size(args: argparse.Namespace, data_parallel_size: int) -> int:
+    """A quarter of the global batch, rounded down to a multiple of micro batch x DP (at least one).
+
+    The outer step's forward+backward on the validation batch is its costliest part after the two
+    forward-only passes; a quarter batch keeps a DWM-phase step near 2x a plain one (docs/performance.md)."""
+    unit = args.micro_batch_size * data_parallel_size
+    return max(unit, args.global_batch_size // 4 // unit * unit)
+
+
 def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None) -> list[str]:
     """The DWM's flags; fills in --dwm-update-iters."""
     if args.dwm_disable:
@@ -269,8 +280,8 @@ def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None) -> l
         args.dwm_update_iters = 1 if args.dwm_update_iters is None else args.dwm_update_iters
     if args.dwm_update_interval < 1:
         problems.append("--dwm-update-interval must be >= 1")
-    if args.dwm_valid_batch_size is None:
-        args.dwm_valid_batch_size = args.global_batch_size
+    if args.dwm_valid_batch_size is None and data_parallel_size:  # else the layout's problem is reported
+        args.dwm_valid_batch_size = default_valid_batch_size(args, data_parallel_size)
     elif data_parallel_size and (args.dwm_valid_batch_size < 1 or
                                  args.dwm_valid_batch_size % (args.micro_batch_size * data_parallel_size)):
         problems.append(f"--dwm-valid-batch-size {args.dwm_valid_batch_size} is not a positive multiple of "

@@ -35,9 +35,16 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: Sequence,
         LOCAL_WORLD_SIZE=str(world_size),
         OMP_NUM_THREADS="1",
     )
+    import logging
+    import warnings
+
     import torch
     import torch.distributed as dist
 
+    # Keep a failing test's report short: megatron-core's INFO lines and import-time warnings of
+    # every rank would bury the traceback.
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -57,7 +64,21 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: Sequence,
 
 
 def run_distributed(fn: Callable, world_size: int, args: Sequence[Any] = (), timeout: float = 600) -> list:
-    """Spawn `world_size` ranks running `fn(rank, world_size, *args)`; return results by rank."""
+    """Spawn `world_size` ranks running `fn(rank, world_size, *args)`; return results by rank.
+
+    If the rendezvous port was taken by another process between choosing and binding it, the
+    ranks are started once more on a new port."""
+    try:
+        return _run_once(fn, world_size, args, timeout)
+    except PortTaken:
+        return _run_once(fn, world_size, args, timeout)
+
+
+class PortTaken(RuntimeError):
+    """The rendezvous port was in use by the time rank 0 bound it."""
+
+
+def _run_once(fn: Callable, world_size: int, args: Sequence[Any], timeout: float) -> list:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
@@ -83,5 +104,6 @@ def run_distributed(fn: Callable, world_size: int, args: Sequence[Any] = (), tim
             if proc.is_alive():
                 proc.kill()
     if errors:
-        raise RuntimeError("\n".join(errors))
+        message = "\n".join(errors)
+        raise (PortTaken if "EADDRINUSE" in message or "Address already in use" in message else RuntimeError)(message)
     return [results[rank] for rank in range(world_size)]

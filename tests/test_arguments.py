@@ -60,6 +60,21 @@ def test_valid_configuration_fills_the_global_batch(data_flags):
     assert args.global_batch_size == 3 * 4
 
 
+@pytest.mark.parametrize("micro,global_batch,world_size,expected", [
+    (2, 16, 1, 4),  # a quarter of the global batch
+    (2, 32, 2, 8),
+    (2, 40, 2, 8),  # 10, rounded down to a multiple of micro batch x DP = 4
+    (4, 24, 2, 8),  # 6 is less than micro batch x DP = 8: one micro batch per replica
+])
+def test_default_validation_batch_is_a_quarter_of_the_global_batch(corpus, data_flags, micro, global_batch,
+                                                                 world_size, expected):
+    dwm_flags = [flag for flag in data_flags if flag != "--dwm-disable"] + ["--dwm-valid-data-path", str(corpus["valid"])]
+    args = build_parser().parse_args([*dwm_flags, "--micro-batch-size", str(micro),
+                                      "--global-batch-size", str(global_batch)])
+    validate_args(args, world_size=world_size)
+    assert args.dwm_valid_batch_size == expected
+
+
 def test_shape_flags_override_the_preset():
     args = build_parser().parse_args(["--model-preset", "llama2-7b", "--num-layers", "2"])
     arch = model_arch(args)

@@ -21,7 +21,8 @@ import torch
 
 from megatron_dwm.dwm.colocated import ColocatedDWM, DWMCopy, GlobalBatchWeights, WeightingPlacement
 from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient
-from megatron_dwm.dwm.model import DataWeightingModel, DWMConfig, load_encoder_from_checkpoint
+from megatron_dwm.dwm.model import (DataWeightingModel, DWMConfig, dwm_config_from_checkpoint,
+                                    load_encoder_from_checkpoint)
 from megatron_dwm.dwm.schedule import StageSchedule
 from megatron_dwm.training.bilevel import MegatronBilevel
 from megatron_dwm.training.evaluation import DomainTotals
@@ -44,10 +45,13 @@ class UniformWeighting:
 
 def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, group, cls=ColocatedDWM) -> DWMCopy:
     """A copy of the DWM among the holders' `group`, initialised identically on every rank (from --seed)."""
-    config = DWMConfig(vocab_size=vocab_size, num_layers=args.dwm_num_layers, hidden_size=args.dwm_hidden_size,
-                       num_attention_heads=args.dwm_num_attention_heads, seq_length=args.dwm_seq_length,
-                       temperature=args.dwm_temperature,
-                       weight_clip=tuple(args.dwm_weight_clip) if args.dwm_weight_clip else None)
+    weighting = dict(vocab_size=vocab_size, seq_length=args.dwm_seq_length, temperature=args.dwm_temperature,
+                     weight_clip=tuple(args.dwm_weight_clip) if args.dwm_weight_clip else None)
+    if args.dwm_init:  # the encoder takes the LM checkpoint's shape
+        config = dwm_config_from_checkpoint(args.dwm_init, **weighting)
+    else:
+        config = DWMConfig(num_layers=args.dwm_num_layers, hidden_size=args.dwm_hidden_size,
+                           num_attention_heads=args.dwm_num_attention_heads, **weighting)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         model = DataWeightingModel(config)

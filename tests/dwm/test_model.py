@@ -264,3 +264,20 @@ def test_mismatched_shape_names_the_field(lm_checkpoint, field, value):
     with pytest.raises(ValueError, match=field):
         load_encoder_from_checkpoint(dwm, lm_checkpoint["root"])
     assert all(torch.equal(before[k], v) for k, v in dwm.state_dict().items())
+
+
+def test_dwm_init_flag_takes_the_checkpoint_shape(lm_checkpoint):
+    """`--dwm-init` builds the encoder in the LM's shape (the size flags do not apply) and loads it."""
+    from megatron_dwm.arguments import build_parser
+    from megatron_dwm.training.weighting import build_dwm
+
+    args = build_parser().parse_args(["--dwm-init", str(lm_checkpoint["root"]), "--dwm-num-layers", "1",
+                                      "--dwm-hidden-size", "32", "--dwm-seq-length", str(LM_SEQ),
+                                      "--dwm-temperature", "0.5"])
+    dwm = build_dwm(args, LM_VOCAB, torch.device("cpu"), group=None).model
+    config = dwm.config
+    assert (config.num_layers, config.hidden_size, config.num_query_groups) == (4, 64, 2)
+    assert (config.vocab_size, config.seq_length, config.temperature) == (LM_VOCAB, LM_SEQ, 0.5)
+    with torch.no_grad():
+        logits = dwm.hidden_states(lm_checkpoint["tokens"]) @ lm_checkpoint["output_weight"].T
+    torch.testing.assert_close(logits, lm_checkpoint["logits"], rtol=0, atol=1e-5)
