@@ -38,20 +38,22 @@ def _markov_document(rng: numpy.random.Generator, band: range, transitions: nump
 
 
 def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0, noise_weight: float = 0.0,
-                clean_weights: tuple[float, ...] = (3, 2, 1)) -> dict[str, object]:
+                clean_weights: tuple[float, ...] = (3, 2, 1), shared_chain: bool = False) -> dict[str, object]:
     """Write the corpus under `directory`; returns its --data-path list, tokenizer and valid prefix.
 
     The clean domains are blended in the ratio `clean_weights`. With `noise_weight` > 0 the blend
     also holds a "Noise" domain with that share of the samples: token-shuffled documents, whose
-    tokens are drawn at random from the whole corpus's tokens."""
+    tokens are drawn at random from the whole corpus's tokens. `shared_chain`: every clean domain
+    runs the same chain on its own band, so the clean domains are equally hard."""
     os.makedirs(directory, exist_ok=True)
     rng = numpy.random.default_rng(seed)
     band_width = VOCAB // len(DOMAINS)
     prefixes = []
     chains = []
+    shared = rng.dirichlet(numpy.full(band_width, 0.1), size=band_width) if shared_chain else None
     for index, domain in enumerate(DOMAINS):
         band = range(index * band_width, (index + 1) * band_width)
-        transitions = rng.dirichlet(numpy.full(band_width, 0.1), size=band_width)
+        transitions = shared if shared_chain else rng.dirichlet(numpy.full(band_width, 0.1), size=band_width)
         chains.append((band, transitions))
         prefix = os.path.join(directory, f"{domain}_text_document")
         writer = AtomicIndexedWriter(prefix, VOCAB + 2)
