@@ -9,10 +9,7 @@ each outer step's validation batch holds the three domains in equal numbers."""
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
-from pathlib import Path
-
+from megatron_dwm.dwm.analysis import load_samples, stage_domain_means
 from tests.training.corpus import make_corpus
 from tests.training.launch import run_job
 
@@ -29,15 +26,6 @@ def _flags(corpus: dict, data_path: list[str], *extra: str) -> list[str]:
             "--tokenizer-model", str(corpus["tokenizer"]), *extra]
 
 
-def _final_domain_means(samples: Path, first_iteration: int) -> dict[str, float]:
-    weights = defaultdict(list)
-    for record in map(json.loads, samples.read_text().splitlines()):
-        if record["iteration"] >= first_iteration:
-            for weight, domain in zip(record["weight"], record["domain"]):
-                weights[domain].append(weight)
-    return {domain: sum(values) / len(values) for domain, values in weights.items()}
-
-
 def test_dwm_down_weights_token_shuffled_noise(tmp_path):
     corpus = make_corpus(str(tmp_path / "corpus"), noise_weight=0.25, clean_weights=(1, 1, 1), shared_chain=True)
     clean_data = corpus["data_path"][:6]
@@ -52,7 +40,11 @@ def test_dwm_down_weights_token_shuffled_noise(tmp_path):
                    "--dwm-seq-length", "32", "--dwm-weight-clip", "0", "1.5",
                    "--metrics-file", str(run_dir / "metrics.jsonl")), 1, tmp_path / "dwm-logs", timeout=600)
 
-    means = _final_domain_means(run_dir / "dwm_samples.jsonl", ITERATIONS - FINAL_WINDOW + 1)
+    final = [batch for batch in load_samples(run_dir / "dwm_samples.jsonl")
+             if batch.iteration > ITERATIONS - FINAL_WINDOW]
+    assert len(final) == FINAL_WINDOW
+    (by_domain,) = stage_domain_means(final).values()  # one stage
+    means = {domain: mean for domain, (mean, _) in by_domain.items()}
     noise = means.pop("Noise")
     assert len(means) == 3, means
     assert noise < 0.5, f"noise weight {noise:.3f}; clean domains {means}"
