@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_dwm.dwm.exchange import ExchangeError
     from megatron_dwm.parallel import destroy_parallel, initialize_parallel
     from megatron_dwm.training.dwm_ranks import run_dwm_rank
-    from megatron_dwm.training.faults import NonFiniteStepsError
+    from megatron_dwm.training.faults import NonFiniteStepsError, lost_peer_message
     from megatron_dwm.training.trainer import Trainer
 
     context = initialize_parallel(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
@@ -33,8 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     except (NonFiniteStepsError, ExchangeError) as error:
         print(f"error: rank {context.rank}: {error}", file=sys.stderr, flush=True)
         exit_now(1)
-    except BaseException:
-        traceback.print_exc()
+    except BaseException as error:
+        lost = lost_peer_message(error)
+        if lost is None:
+            traceback.print_exc()
+        else:
+            print(f"error: rank {context.rank}: {lost}", file=sys.stderr, flush=True)
         exit_now(1)
     destroy_parallel()
     return code

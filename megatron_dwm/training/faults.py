@@ -22,6 +22,20 @@ class NonFiniteStepsError(RuntimeError):
     """Too many consecutive iterations had a NaN/Inf loss or gradient."""
 
 
+# how gloo and NCCL report that the other end of a collective has gone away
+PEER_LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+                     "remote process exited", "NCCL communicator was aborted")
+
+
+def lost_peer_message(error: BaseException) -> str | None:
+    """A one-line explanation if ``error`` says that another rank of the job ended, else None."""
+    text = str(error)
+    if not any(marker in text for marker in PEER_LOST_MARKERS):
+        return None
+    detail = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return f"another rank of the job ended during a collective operation; see its own error above ({detail})"
+
+
 class StopSignalHandler:
     """Records SIGTERM / SIGUSR1 (SLURM sends one before pre-emption) instead of dying on it."""
 

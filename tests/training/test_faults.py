@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from megatron_dwm.training.checkpointing import latest_checkpoint_dir, read_tracker
+from megatron_dwm.training.faults import lost_peer_message
 from megatron_dwm.training.metrics import read_metrics
 from tests.training.corpus import training_flags
 from tests.training.launch import Job, losses_by_iteration, run_job
@@ -67,3 +68,14 @@ def test_bad_dwm_output_falls_back_to_uniform_and_bad_fd_pass_skips_the_update(c
     assert records[1]["dwm/fd skipped"] == 1 and records[2]["dwm/fd skipped"] == 0
     assert "iteration 1: the finite-difference pass was not finite; DWM update skipped" in job.output()
     assert all(math.isfinite(r["lm loss"]) for r in records.values())
+
+
+def test_lost_peer_errors_are_recognised_and_others_are_not():
+    """gloo words a vanished peer in more than one way; each becomes the same one-line message."""
+    for text in ("[pair.cc:537] Read error [127.0.0.1]:8919: Connection reset by peer. This is typically ...",
+                 "[pair.cc:589] Connection closed by peer [127.0.0.1]:3185"):
+        message = lost_peer_message(RuntimeError(text))
+        assert message is not None and message.startswith("another rank of the job ended"), text
+        assert text.splitlines()[0] in message
+    assert lost_peer_message(RuntimeError("CUDA out of memory")) is None
+    assert lost_peer_message(ValueError("bad shape")) is None
