@@ -5,7 +5,8 @@ Usage in a test::
     def body(rank: int, world_size: int, scale: float) -> torch.Tensor: ...
     results = run_distributed(body, world_size=4, args=(2.0,))   # list indexed by rank
 
-`body` must be a module-level function (it is pickled into spawned processes). A failure on any
+`body` must be a module-level function (it is pickled into the rank processes, which fork from a
+forkserver that has torch and megatron-core imported). A failure on any
 rank is re-raised in the test with that rank's traceback.
 """
 
@@ -79,7 +80,9 @@ class PortTaken(RuntimeError):
 
 
 def _run_once(fn: Callable, world_size: int, args: Sequence[Any], timeout: float) -> list:
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    # the ranks fork from a server that has imported these once (single-threaded: safe to fork)
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "megatron.core", "tests.distributed"])
     queue = ctx.Queue()
     port = free_port()
     procs = [

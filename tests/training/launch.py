@@ -1,5 +1,7 @@
-"""Start pretrain_dwm.py as a job of N rank processes, the way srun does (one process per rank,
-RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT in the environment), so tests can signal or kill them."""
+"""Start pretrain_dwm.py as a job of N rank processes, the way srun does (one process per rank, in a
+session of its own, RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT in the environment), so tests can
+signal or kill them. The ranks are forked from a server that has the modules imported already
+(tests/training/preloaded.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Callable, Sequence
 
 from megatron_dwm.training.metrics import read_metrics
 from tests.distributed import free_port
+from tests.training import preloaded
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,6 +31,10 @@ class Job:
             rank_env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                        OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO), **(env or {}))
+            if preloaded.enabled():
+                self.processes.append(preloaded.PreloadServer.get().start(script, list(flags), rank_env, REPO,
+                                                                         self.logs[rank]))
+                continue
             with open(self.logs[rank], "w") as log:
                 self.processes.append(subprocess.Popen([sys.executable, str(script), *flags],
                                                        cwd=REPO, env=rank_env, stdout=log, stderr=subprocess.STDOUT,
