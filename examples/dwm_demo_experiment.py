@@ -6,9 +6,10 @@ and schedule, on CPU; then plots and a summary. Run ``make demo-data`` first.
 
 The demo corpus blends five domains by token count; RedPajamaCommonCrawl is raw spam (the
 low-quality domain, about 40% of the tokens). The DWM's outer objective and the reported
-validation loss are the LAMBADA-style set (passages of held-out Moby-Dick chapters). The learning
-rate is constant after warm-up, so the baseline, run longer, shows how many tokens uniform
-weighting needs to reach the DWM run's final loss.
+validation loss are the LAMBADA-style set (passages of held-out Moby-Dick chapters). By default the
+learning rate is constant after warm-up, so the baseline, run twice as long, shows how many tokens
+uniform weighting needs to reach the DWM run's final loss. With ``--lr-decay-style cosine`` both
+runs decay to a tenth of the peak over the same number of iterations: a same-compute comparison.
 
 Writes under --out: ``baseline/`` and ``dwm/`` (metrics, TensorBoard, dwm_samples.jsonl),
 ``dwm/analysis/`` (domain weights over training, weight histograms), ``comparison.png`` and
@@ -40,11 +41,11 @@ DWM_FLAGS = ["--dwm-stages", "4", "--dwm-update-iters", "50", "--dwm-num-layers"
              "--dwm-fd-direction", "grad", "--dwm-valid-batch-size", str(GLOBAL_BATCH)]
 
 
-def common_flags(eval_interval: int, seed: int) -> list[str]:
+def common_flags(eval_interval: int, seed: int, lr_decay_style: str = "constant") -> list[str]:
     data_path = (DEMO / "indexed" / "data_path.txt").read_text().split()
     return ["--model-preset", "tiny", "--seq-length", str(SEQ_LENGTH), "--micro-batch-size", "4",
             "--global-batch-size", str(GLOBAL_BATCH), "--lr", "3e-3", "--lr-warmup-iters", "20",
-            "--lr-decay-style", "constant", "--log-interval", "10", "--eval-interval", str(eval_interval),
+            "--lr-decay-style", lr_decay_style, "--min-lr", "3e-4", "--log-interval", "10", "--eval-interval", str(eval_interval),
             "--eval-iters", "4", "--seed", str(seed), "--data-path", *data_path,
             "--dwm-valid-data-path", str(DEMO / "indexed" / "lambada_style_text_document"),
             "--tokenizer-type", "SentencePieceTokenizer",
@@ -65,7 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "dwm-experiment")
     parser.add_argument("--iters", type=int, default=400, help="iterations of the DWM run")
-    parser.add_argument("--baseline-iters", type=int, default=None, help="of the baseline (default: 2 x --iters)")
+    parser.add_argument("--baseline-iters", type=int, default=None,
+                        help="of the baseline (default: 2 x --iters with a constant learning rate, else --iters)")
+    parser.add_argument("--lr-decay-style", choices=["constant", "cosine", "linear"], default="constant")
     parser.add_argument("--eval-interval", type=int, default=20)
     parser.add_argument("--nproc", type=int, default=2, help="training ranks (data parallel)")
     parser.add_argument("--seed", type=int, default=1234)
@@ -76,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (DEMO / "indexed" / "data_path.txt").exists():
         parser.error(f"no demo corpus under {DEMO}: run `make demo-data` first")
-    baseline_iters = args.baseline_iters or 2 * args.iters
+    baseline_iters = args.baseline_iters or (2 if args.lr_decay_style == "constant" else 1) * args.iters
     runs = {
         "baseline": ["--dwm-disable", "--train-iters", str(baseline_iters)],
         "dwm": ["--train-iters", str(args.iters), *DWM_FLAGS, *args.dwm_flags],
@@ -84,7 +87,7 @@ def main() -> None:
     for name, flags in runs.items():
         if args.skip_existing and (args.out / name / "metrics.jsonl").exists():
             continue
-        train(args.out / name, args.nproc, [*common_flags(args.eval_interval, args.seed), *flags])
+        train(args.out / name, args.nproc, [*common_flags(args.eval_interval, args.seed, args.lr_decay_style), *flags])
 
     tokens_per_iteration = SEQ_LENGTH * GLOBAL_BATCH
     dwm = validation_curve(load_metrics(args.out / "dwm" / "metrics.jsonl"), tokens_per_iteration)
