@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megatron_dwm.dwm.analysis import analyze_run, load_metrics  # noqa: E402
-from megatron_dwm.dwm.comparison import compare, format_comparison, plot_comparison, validation_curve  # noqa: E402
+from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics  # noqa: E402
+from megatron_dwm.analysis.comparison import compare, format_comparison, plot_comparison, validation_curve  # noqa: E402
 
 DEMO = REPO / "demo_data"
 SEQ_LENGTH, GLOBAL_BATCH = 128, 16

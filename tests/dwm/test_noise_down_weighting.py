@@ -9,7 +9,7 @@ each outer step's validation batch holds the three domains in equal numbers."""
 
 from __future__ import annotations
 
-from megatron_dwm.dwm.analysis import load_samples, stage_domain_means
+from megatron_dwm.analysis.dwm_run import load_samples, stage_domain_means
 from tests.training.corpus import make_corpus
 from tests.training.launch import run_job
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_dwm.dwm.analysis import agg_figure, save_figure
+from megatron_dwm.analysis.dwm_run import agg_figure, save_figure
 
 VALID_KEY = "dwm-valid loss"
 

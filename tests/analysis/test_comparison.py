@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_dwm.dwm.comparison import Curve, compare, format_comparison, plot_comparison, smoothed, \
+from megatron_dwm.analysis.comparison import Curve, compare, format_comparison, plot_comparison, smoothed, \
     tokens_to_reach, validation_curve
 
 

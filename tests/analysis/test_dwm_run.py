@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from megatron_dwm.dwm import analysis
-from megatron_dwm.dwm.analysis import AnalysisError
+from megatron_dwm.analysis import dwm_run as analysis
+from megatron_dwm.analysis.dwm_run import AnalysisError
 from tools.analyze_dwm import main
 
 DOMAINS = ["A", "B"]
