@@ -15,7 +15,7 @@ and RUN_DIR/dwm_samples.jsonl (one line per logged iteration: {"iteration", "sta
 --scores is a CSV (name ending in .csv, header row) or JSON lines file with `domain`,
 `document_id` and numeric score columns (e.g. QuRating's writing_style, facts_and_trivia,
 educational_value, required_expertise); a (domain, document_id) pair names a document, samples of
-unscored documents are skipped. Iterations repeated by a resumed run count once (the last record).
+unscored documents are skipped. Iterations repeated by a resumed run count once (the later values).
 A summary (per stage: samples and mean weight per domain; the correlations) goes to stdout.
 Example::
 

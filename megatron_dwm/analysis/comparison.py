@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_dwm.analysis.dwm_run import agg_figure, save_figure
+from megatron_dwm.analysis.dwm_run import agg_figure, domain_weight_series, save_figure
 
 VALID_KEY = "dwm-valid loss"
 
@@ -23,7 +23,7 @@ class Curve:
 
 
 def validation_curve(records: list[dict[str, Any]], tokens_per_iteration: int, key: str = VALID_KEY) -> Curve:
-    """`key` at every evaluation of a run's metrics (the last record of an iteration wins: resumed runs)."""
+    """`key` at every evaluation of a run's metrics (a resumed run's later record of an iteration wins)."""
     by_iteration = {record["iteration"]: record[key] for record in records if key in record}
     if not by_iteration:
         raise ValueError(f"the metrics hold no {key!r}: did the run evaluate on its --dwm-valid-data-path?")
@@ -106,3 +106,78 @@ def format_comparison(comparison: Comparison) -> str:
         + ("" if comparison.token_ratio is None else f" ({comparison.token_ratio:.2f}x)"),
     ]
     return "\n".join(lines)
+
+
+def mean_difference(dwm: Curve, baseline: Curve, after_tokens: float = 0.0) -> float | None:
+    """Mean of DWM - baseline over the evaluations both runs made after `after_tokens` tokens
+    (None if they share none): the gain over a stretch of training, less noisy than the last point."""
+    baseline_at = dict(zip(baseline.tokens, baseline.loss))
+    differences = [loss - baseline_at[tokens] for tokens, loss in zip(dwm.tokens, dwm.loss)
+                   if tokens > after_tokens and tokens in baseline_at]
+    return sum(differences) / len(differences) if differences else None
+
+
+def mean_domain_weights(records: list[dict[str, Any]], after_iteration: int) -> dict[str, float]:
+    """Domain -> mean of the logged `dwm/weight/<domain>` after `after_iteration`."""
+    means = {}
+    for domain, (iterations, weights) in domain_weight_series(records).items():
+        late = [w for i, w in zip(iterations, weights) if i > after_iteration]
+        if late:
+            means[domain] = sum(late) / len(late)
+    return means
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """One seed of a DWM-vs-baseline experiment."""
+
+    seed: str
+    comparison: Comparison  # of the trailing means
+    second_half_difference: float  # DWM - baseline, mean over the DWM run's second half
+    domain_weights: dict[str, float]  # mean weight per domain late in the DWM run
+
+
+def format_seed_table(results: list[SeedResult], weights_after: int) -> str:
+    """A Markdown table of the seeds, then the mean and standard deviation of the second-half difference."""
+    domains = sorted({d for r in results for d in r.domain_weights})
+    lines = ["| seed | final loss, DWM / baseline | DWM - baseline, second half | baseline tokens to match | "
+             f"mean weight after iteration {weights_after}: {', '.join(domains)} |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in results:
+        same = r.comparison.baseline_loss_at_same_tokens
+        ratio = "not reached" if r.comparison.token_ratio is None else f"{r.comparison.token_ratio:.2f}x"
+        weights = ", ".join(f"{r.domain_weights[d]:.2f}" if d in r.domain_weights else "-" for d in domains)
+        lines.append(f"| {r.seed} | {r.comparison.dwm_final_loss:.3f} / "
+                     f"{'-' if same is None else format(same, '.3f')} | {r.second_half_difference:+.3f} | "
+                     f"{ratio} | {weights} |")
+    differences = [r.second_half_difference for r in results]
+    mean = sum(differences) / len(differences)
+    spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)) if len(differences) > 1 else 0.0
+    lines.append("")
+    lines.append(f"second half, DWM - baseline over {len(results)} seeds: mean {mean:+.3f}, standard deviation "
+                 f"{spread:.3f}; lower in {sum(d < 0 for d in differences)} of {len(results)}")
+    return "\n".join(lines)
+
+
+def plot_seeds(results: list[SeedResult], path: str | os.PathLike) -> Path:
+    """Left: each seed's second-half difference (below zero: the DWM is better). Right: each seed's
+    late mean weight per domain, with uniform (1) marked."""
+    figure = agg_figure(figsize=(12, 4.5), layout="constrained")
+    gains, weights = figure.subplots(1, 2)
+    seeds = [r.seed for r in results]
+    differences = [r.second_half_difference for r in results]
+    gains.bar(seeds, differences, color=["tab:green" if d < 0 else "tab:red" for d in differences])
+    gains.axhline(0.0, color="black", linewidth=0.8)
+    gains.set(xlabel="seed", ylabel="DWM - baseline loss, second half",
+              title="DWM vs uniform per seed")
+    domains = sorted({d for r in results for d in r.domain_weights})
+    for offset, seed_result in enumerate(results):
+        xs = [i + (offset - (len(results) - 1) / 2) * 0.8 / max(len(results), 1) for i in range(len(domains))]
+        weights.scatter(xs, [seed_result.domain_weights.get(d, math.nan) for d in domains], label=seed_result.seed)
+    weights.axhline(1.0, color="gray", linestyle=":", linewidth=0.8)
+    prefix = os.path.commonprefix(domains) if len(domains) > 1 else ""
+    weights.set_xticks(range(len(domains)), [d[len(prefix):] or d for d in domains], fontsize="small")
+    weights.set(ylabel="mean weight, late in training", title="DWM weight per domain per seed"
+                + (f" ({prefix}...)" if prefix else ""))
+    weights.legend(title="seed", fontsize="small")
+    return save_figure(figure, path)

@@ -79,7 +79,12 @@ def _json_object(path: Path, number: int, line: str) -> dict[str, Any]:
 
 
 def load_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of metrics.jsonl sorted by iteration, the last record of a repeated iteration kept."""
+    """One record per iteration of metrics.jsonl, sorted by iteration.
+
+    The records of an iteration are merged: the trainer logs an evaluation in a record of its own
+    beside the training record, and a run resumed from a checkpoint logs some iterations again, whose
+    later values win.
+    """
     path = Path(path)
     _require_file(path)
     lines = _numbered_lines(path)
@@ -93,7 +98,7 @@ def load_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     for (number, _), record in zip(lines, records):  # read_metrics keeps one record per line
         if not _is_int(record.get("iteration")):
             raise AnalysisError(f"{path}:{number}: missing or non-integer 'iteration'")
-        by_iteration[record["iteration"]] = record
+        by_iteration.setdefault(record["iteration"], {}).update(record)
     return [by_iteration[i] for i in sorted(by_iteration)]
 
 

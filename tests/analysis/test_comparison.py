@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from megatron_dwm.analysis.comparison import Curve, compare, format_comparison, plot_comparison, smoothed, \
-    tokens_to_reach, validation_curve
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from megatron_dwm.analysis.comparison import Curve, SeedResult, compare, format_comparison, format_seed_table, \
+    mean_difference, mean_domain_weights, plot_comparison, plot_seeds, smoothed, tokens_to_reach, validation_curve
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _records(losses: dict[int, float]) -> list[dict]:
@@ -56,3 +64,67 @@ def test_smoothed_comparison_uses_trailing_means(tmp_path):
     assert comparison.baseline_tokens_to_match == 500.0
     plot_comparison(dwm, baseline, comparison, tmp_path / "c.png", window=2)
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_mean_difference_over_the_shared_evaluations_after_a_point():
+    dwm = Curve([100, 200, 300, 400], [5.0, 4.0, 3.0, 2.5])
+    baseline = Curve([100, 200, 400, 500], [5.5, 4.5, 3.0, 2.0])  # no evaluation at 300
+    assert mean_difference(dwm, baseline) == pytest.approx((-0.5 - 0.5 - 0.5) / 3)
+    assert mean_difference(dwm, baseline, after_tokens=200) == pytest.approx(-0.5)  # only 400 is shared
+    assert mean_difference(dwm, baseline, after_tokens=400) is None
+
+
+def test_mean_domain_weights_average_the_logged_weights_after_an_iteration():
+    records = [{"iteration": i, "dwm/weight/A": a, "dwm/weight/B": b, "lm loss": 3.0}
+               for i, a, b in ((10, 2.0, 0.0), (20, 0.5, 1.5), (30, 0.7, 1.3))]
+    records.append({"iteration": 30, "dwm-valid loss": 4.0})
+    assert mean_domain_weights(records, after_iteration=10) == pytest.approx({"A": 0.6, "B": 1.4})
+    assert mean_domain_weights(records, after_iteration=30) == {}
+
+
+def _seed(seed: str, difference: float, weights: dict[str, float]) -> SeedResult:
+    return SeedResult(seed, compare(Curve([100], [4.0]), Curve([100, 200], [4.2, 3.9])), difference, weights)
+
+
+def test_seed_table_gives_each_seed_and_the_spread_over_seeds(tmp_path):
+    results = [_seed("1", -0.1, {"A": 0.5, "B": 1.5}), _seed("2", 0.05, {"A": 0.8}), _seed("3", -0.04, {"B": 1.1})]
+    table = format_seed_table(results, weights_after=600)
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| seed")]
+    assert rows[1:] == ["| 1 | 4.000 / 4.200 | -0.100 | 1.67x | 0.50, 1.50 |",
+                        "| 2 | 4.000 / 4.200 | +0.050 | 1.67x | 0.80, - |",
+                        "| 3 | 4.000 / 4.200 | -0.040 | 1.67x | -, 1.10 |"]
+    assert "after iteration 600: A, B" in table
+    spread = statistics.stdev([-0.1, 0.05, -0.04])
+    assert f"mean -0.030, standard deviation {spread:.3f}; lower in 2 of 3" in table
+    path = plot_seeds(results, tmp_path / "seeds.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_run(run: Path, kind: str, losses: dict[int, float], weights: dict[int, float] | None = None) -> None:
+    (run / kind).mkdir(parents=True)
+    with open(run / kind / "metrics.jsonl", "w") as f:
+        for iteration, loss in losses.items():
+            if weights:
+                f.write(json.dumps({"iteration": iteration, "lm loss": 5.0, "dwm/weight/spam": weights[iteration],
+                                    "dwm/weight/book": 2 - weights[iteration]}) + "\n")
+            f.write(json.dumps({"iteration": iteration, "dwm-valid loss": loss}) + "\n")
+
+
+def test_seeds_script_summarises_experiment_directories(tmp_path):
+    iterations = [20, 40, 60, 80]
+    for seed, shift in (("11", -0.2), ("12", 0.1)):
+        run = tmp_path / "runs" / seed
+        _write_run(run, "baseline", {i: 8.0 - i / 20 for i in iterations + [100, 120]})
+        _write_run(run, "dwm", {i: 8.0 - i / 20 + shift for i in iterations}, {i: 1 - i / 100 for i in iterations})
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "dwm_demo_seeds.py"),
+                             str(tmp_path / "runs" / "11"), str(tmp_path / "runs" / "12"), "--out", str(tmp_path / "out"),
+                             "--window", "1"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "out" / "seeds.md").read_text()
+    assert "| 11 | 3.800 / 4.000 | -0.200 |" in table and "| 12 | 4.100 / 4.000 | +0.100 |" in table
+    assert "after iteration 60: book, spam" in table and "| 1.80, 0.20 |" in table  # iteration 80 only
+    assert "mean -0.050" in table and "lower in 1 of 2" in table
+    assert (tmp_path / "out" / "seeds.png").stat().st_size > 0
+    missing = subprocess.run([sys.executable, str(REPO / "examples" / "dwm_demo_seeds.py"), str(tmp_path / "none"),
+                              "--out", str(tmp_path / "out2")], capture_output=True, text=True, cwd=tmp_path)
+    assert missing.returncode == 2 and "none" in missing.stderr and not (tmp_path / "out2").exists()

@@ -84,6 +84,20 @@ def test_metrics_keep_last_record_of_a_repeated_iteration(run_dir):
     assert all(9.0 not in b.weight for b in batches)
 
 
+def test_metrics_merge_the_training_and_evaluation_records_of_an_iteration(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"iteration": 10, "lm loss": 5.0, "dwm/weight/A": 0.5},
+        {"iteration": 20, "lm loss": 4.0, "dwm/weight/A": 0.6},
+        {"iteration": 20, "dwm-valid loss": 4.5},  # the evaluation at iteration 20
+        {"iteration": 20, "lm loss": 3.9, "dwm/weight/A": 0.7},  # logged again after a resume
+    ]) + "\n")
+    assert analysis.load_metrics(path) == [
+        {"iteration": 10, "lm loss": 5.0, "dwm/weight/A": 0.5},
+        {"iteration": 20, "lm loss": 3.9, "dwm/weight/A": 0.7, "dwm-valid loss": 4.5},
+    ]
+
+
 def test_stage_boundaries_phase_spans_and_domain_series(run_dir):
     records = analysis.load_metrics(run_dir / "metrics.jsonl")
     assert analysis.stage_boundaries(records) == [60]

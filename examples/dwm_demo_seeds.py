@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Summarise several seeds of ``dwm_demo_experiment.py``: a Markdown table (final losses, the mean
+DWM - baseline difference over the DWM run's second half, late mean weight per domain) with the
+mean and spread over seeds, and ``seeds.png`` (gain per seed, weights per domain per seed).
+
+    for seed in 4321 1234 2025; do
+      .venv/bin/python examples/dwm_demo_experiment.py --out runs/seeds/$seed --seed $seed --iters 800 --lr-decay-style cosine
+    done
+    .venv/bin/python examples/dwm_demo_seeds.py runs/seeds/* --out runs/seeds
+
+Each run directory is labelled by its name (the seed, above).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from dwm_demo_experiment import GLOBAL_BATCH, REPO, SEQ_LENGTH
+
+sys.path.insert(0, str(REPO))
+
+from megatron_dwm.analysis.comparison import (  # noqa: E402
+    SeedResult,
+    compare,
+    format_seed_table,
+    mean_difference,
+    mean_domain_weights,
+    plot_seeds,
+    validation_curve,
+)
+from megatron_dwm.analysis.dwm_run import AnalysisError, load_metrics  # noqa: E402
+
+
+def seed_result(run: Path, window: int, weights_after: float) -> SeedResult:
+    """The comparison of one experiment directory (its `dwm/` and `baseline/` runs)."""
+    tokens_per_iteration = SEQ_LENGTH * GLOBAL_BATCH
+    records = load_metrics(run / "dwm" / "metrics.jsonl")
+    dwm = validation_curve(records, tokens_per_iteration)
+    baseline = validation_curve(load_metrics(run / "baseline" / "metrics.jsonl"), tokens_per_iteration)
+    second_half = mean_difference(dwm, baseline, after_tokens=dwm.tokens[-1] / 2)
+    if second_half is None:
+        raise AnalysisError(f"{run}: the baseline has no evaluation in the DWM run's second half")
+    last_iteration = dwm.tokens[-1] // tokens_per_iteration
+    return SeedResult(run.name, compare(dwm, baseline, window), second_half,
+                      mean_domain_weights(records, int(weights_after * last_iteration)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="output directories of dwm_demo_experiment.py")
+    parser.add_argument("--out", type=Path, required=True, help="where seeds.md and seeds.png go")
+    parser.add_argument("--window", type=int, default=5, help="final losses as trailing means over this many evaluations")
+    parser.add_argument("--weights-after", type=float, default=0.75,
+                        help="average the domain weights after this fraction of the DWM run")
+    args = parser.parse_args()
+    try:
+        results = [seed_result(run, args.window, args.weights_after) for run in args.runs]
+    except (AnalysisError, FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"error: {error}\n")
+    last_iterations = results[0].comparison.dwm_final_tokens // (SEQ_LENGTH * GLOBAL_BATCH)
+    table = format_seed_table(results, int(args.weights_after * last_iterations)) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    staging = args.out / ".seeds.md.tmp"
+    staging.write_text(table)
+    os.replace(staging, args.out / "seeds.md")
+    plot_seeds(results, args.out / "seeds.png")
+    print(table)
+    print(f"wrote {args.out / 'seeds.md'} and {args.out / 'seeds.png'}")
+
+
+if __name__ == "__main__":
+    main()
