@@ -38,10 +38,10 @@ demo: setup demo-data
 	  --data-path $$(cat demo_data/indexed/data_path.txt) \
 	  --dwm-valid-data-path demo_data/indexed/lambada_style_text_document \
 	  --tokenizer-type SentencePieceTokenizer --tokenizer-model demo_data/tokenizers/demo-spm.model \
-	  --save $(DEMO_RUN)/checkpoints --tensorboard-dir $(DEMO_RUN)/tensorboard
+	  --save $(DEMO_RUN)/checkpoints --load $(DEMO_RUN)/checkpoints --tensorboard-dir $(DEMO_RUN)/tensorboard
 	@echo
 	@echo "demo finished:"
-	@echo "  checkpoints:   $(DEMO_RUN)/checkpoints (resume with --load $(DEMO_RUN)/checkpoints)"
+	@echo "  checkpoints:   $(DEMO_RUN)/checkpoints (make demo again resumes from them)"
 	@echo "  metrics:       $(DEMO_RUN)/tensorboard/metrics.jsonl"
 	@echo "  TensorBoard:   $(VENV)/bin/tensorboard --logdir $(DEMO_RUN)/tensorboard"
 

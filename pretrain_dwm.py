@@ -7,30 +7,42 @@ Every flag is checked before any process group is created or any data is read.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 import traceback
+from typing import NoReturn
 
-from megatron_dwm.arguments import parse_args
+from megatron_dwm.arguments import ConfigError, parse_args
+
+ARGUMENT_ERROR_EXIT_CODE = 2  # argparse's
+ARGUMENT_ERROR_GRACE_S = 20.0  # how long the other ranks leave rank 0 to report an argument error
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv, world_size=int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))))
+    try:
+        args = parse_args(argv, world_size=int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))))
+    except ConfigError as error:
+        exit_on_argument_error(str(error))
 
     logging.basicConfig(level=args.logging_level)
     logging.getLogger("megatron").setLevel(args.logging_level)
     from megatron_dwm.dwm.exchange import ExchangeError
     from megatron_dwm.parallel import destroy_parallel, initialize_parallel
+    from megatron_dwm.checkpoint_layout import CheckpointError
+    from megatron_dwm.training.child_processes import bind_children_to_this_process
     from megatron_dwm.training.dwm_ranks import run_dwm_rank
     from megatron_dwm.training.faults import NonFiniteStepsError, lost_peer_message
     from megatron_dwm.training.trainer import Trainer
 
+    bind_children_to_this_process()  # no helper (loader worker, checkpoint writer) outlives this rank
     context = initialize_parallel(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                                   args.dwm_ranks, args.seed, args.distributed_timeout_minutes)
     try:
         code = Trainer(args, context).train() if context.is_llm_rank else run_dwm_rank(args, context)
-    except (NonFiniteStepsError, ExchangeError) as error:
+    except (NonFiniteStepsError, ExchangeError, CheckpointError) as error:
         print(f"error: rank {context.rank}: {error}", file=sys.stderr, flush=True)
         exit_now(1)
     except BaseException as error:
@@ -42,6 +54,40 @@ def main(argv: list[str] | None = None) -> int:
         exit_now(1)
     destroy_parallel()
     return code
+
+
+def exit_on_argument_error(message: str) -> NoReturn:
+    """Report an argument error once per job, as the ranks' last words, and exit 2.
+
+    Every rank finds the same error. Rank 0 reports it and exits at once. Under a launcher that then
+    ends the other ranks (torchrun; srun, with --kill-on-bad-exit=1 as in examples/slurm/), they
+    wait silently meanwhile, and one still alive after ARGUMENT_ERROR_GRACE_S (rank 0 did not end
+    the job: its files, for one, may differ) reports the error itself; elsewhere every rank reports
+    it. Under torchrun the error goes to the rank's error file, so that the launcher's failure
+    summary shows it under "Root Cause", its last lines; otherwise to stderr.
+    """
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    if rank != 0 and ("TORCHELASTIC_RUN_ID" in os.environ or "SLURM_PROCID" in os.environ):
+        time.sleep(ARGUMENT_ERROR_GRACE_S)
+    text = f"pretrain_dwm.py: error: {message}" + ("" if rank == 0 else f" (rank {rank})")
+    if not _write_launcher_error_file(text):
+        print(text, file=sys.stderr, flush=True)
+    sys.exit(ARGUMENT_ERROR_EXIT_CODE)
+
+
+def _write_launcher_error_file(text: str) -> bool:
+    """Write `text` where torchrun reads a failed rank's error (TORCHELASTIC_ERROR_FILE); False if
+    not under torchrun or the file cannot be written."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return False
+    record = {"message": {"message": text, "extraInfo": {"py_callstack": text, "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w") as file:
+            json.dump(record, file)
+    except OSError:
+        return False
+    return True
 
 
 def exit_now(code: int) -> None:

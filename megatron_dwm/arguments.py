@@ -1,14 +1,17 @@
 """Command-line flags (Megatron-LM's names wherever Megatron has the flag), validated up front.
 
 `parse_args` reports every inconsistency at once, naming the flags at fault, before any process
-group is created or any data is read.
+group is created or any data is read: a ConfigError whose message lists them, values outside their
+flag's range (NUMERIC_RANGES) first.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, NoReturn, Sequence
 
 from megatron_dwm.data.tokenizer import TOKENIZER_TYPES
 from megatron_dwm.model.presets import PRESETS, LlamaArch, get_preset
@@ -24,11 +27,113 @@ class ConfigError(ValueError):
     """An impossible configuration; the message lists every problem found."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric flag: finite numbers from `low` to `high` (None: no bound),
+    each end included unless marked open."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    return str(int(value)) if isinstance(value, (int, float)) and float(value).is_integer() else str(value)
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
+BETA = Range(0, 1, high_open=True)
+
+# The valid range of every numeric flag, by destination. A flag given several values (nargs) has
+# each of them checked; relations between flags are checked after these ranges, in validate_args.
+NUMERIC_RANGES: dict[str, Range] = {
+    **dict.fromkeys(MODEL_SHAPE_FLAGS, AT_LEAST_1),
+    "make_vocab_size_divisible_by": AT_LEAST_1,
+    "seq_length": AT_LEAST_1,
+    "tensor_model_parallel_size": AT_LEAST_1,
+    "pipeline_model_parallel_size": AT_LEAST_1,
+    "dwm_ranks": AT_LEAST_0,
+    "distributed_timeout_minutes": AT_LEAST_1,
+    "micro_batch_size": AT_LEAST_1,
+    "global_batch_size": AT_LEAST_1,
+    "train_iters": AT_LEAST_1,
+    "seed": Range(0, 2**31 - 1),  # numpy seeds stop at 2**32 - 1, and per-rank offsets are added
+    "exit_interval": AT_LEAST_1,
+    "exit_duration_in_mins": POSITIVE,
+    "max_consecutive_nonfinite_iters": AT_LEAST_1,
+    "lr": POSITIVE,
+    "min_lr": AT_LEAST_0,
+    "lr_decay_iters": AT_LEAST_1,
+    "lr_warmup_iters": AT_LEAST_0,
+    "lr_warmup_init": AT_LEAST_0,
+    "lr_wsd_decay_iters": AT_LEAST_1,
+    "weight_decay": AT_LEAST_0,
+    "clip_grad": AT_LEAST_0,  # 0: no clipping
+    "adam_beta1": BETA,
+    "adam_beta2": BETA,
+    "adam_eps": POSITIVE,
+    "dwm_num_layers": AT_LEAST_1,
+    "dwm_hidden_size": AT_LEAST_1,
+    "dwm_num_attention_heads": AT_LEAST_1,
+    "dwm_seq_length": AT_LEAST_1,
+    "dwm_temperature": POSITIVE,
+    "dwm_weight_clip": AT_LEAST_0,  # MIN < 1 < MAX is checked with the DWM's other flags
+    "dwm_lr": AT_LEAST_0,  # 0: the DWM does not move
+    "dwm_valid_batch_size": AT_LEAST_1,
+    "dwm_fd_radius": POSITIVE,
+    "dwm_stages": AT_LEAST_1,
+    "dwm_update_iters": AT_LEAST_0,  # 0: no DWM phase
+    "dwm_update_interval": AT_LEAST_1,
+    "dwm_exchange_timeout": POSITIVE,
+    "num_workers": AT_LEAST_0,
+    "save_interval": AT_LEAST_1,
+    "ckpt_step": AT_LEAST_0,
+    "eval_interval": AT_LEAST_1,
+    "eval_iters": AT_LEAST_0,  # 0: no evaluation of the valid split
+    "log_interval": AT_LEAST_1,
+    "logging_level": AT_LEAST_0,
+}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that an error raises ConfigError instead of printing the usage block (a
+    screenful for this parser, which would bury the one line that matters); --help prints it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Ends each flag's help with its default, unless that is None or off, or the help gives it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in text:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pretrain_dwm.py",
         description="Pretrain a Llama-2 model on megatron-core with per-sample data weighting.",
         allow_abbrev=False,
+        formatter_class=_HelpFormatter,
     )
     model = parser.add_argument_group("model")
     model.add_argument("--model-preset", default="tiny", choices=sorted(PRESETS),
@@ -152,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--save", default=None, help="checkpoint directory to write")
     checkpoint.add_argument("--save-interval", type=int, default=None, help="iterations between checkpoints")
     checkpoint.add_argument("--load", default=None,
-                            help="checkpoint directory to resume from (its newest complete checkpoint)")
+                            help="checkpoint directory to resume from: its newest checkpoint, which must be "
+                                 "complete (a fresh start only if the directory holds no checkpoint at all)")
+    checkpoint.add_argument("--ckpt-step", type=int, default=None,
+                            help="resume from this iteration's checkpoint of --load instead of the newest")
     checkpoint.add_argument("--no-load-optim", action="store_true", help="do not load optimizer and scheduler")
     checkpoint.add_argument("--no-load-rng", action="store_true", help="do not load the random-number states")
     checkpoint.add_argument("--finetune", action="store_true",
@@ -173,13 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None, world_size: int | None = None) -> argparse.Namespace:
-    """Parse and validate; exits with one message listing every problem (argparse's convention)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        validate_args(args, world_size)
-    except ConfigError as error:
-        parser.error(str(error))
+    """Parse and validate; raise ConfigError with one message listing every problem (--help exits 0)."""
+    args = build_parser().parse_args(argv)
+    validate_args(args, world_size)
     return args
 
 
@@ -189,47 +293,38 @@ def model_arch(args: argparse.Namespace) -> LlamaArch:
 
 
 def validate_args(args: argparse.Namespace, world_size: int | None = None) -> None:
-    """Raise ConfigError listing every inconsistency; fill in derived values (global batch)."""
+    """Raise ConfigError listing every inconsistency, out-of-range values first; fill in derived
+    values (global batch, decay iterations, DWM phase, DWM validation batch).
+
+    A check relating several flags runs only when each of them is in range (`valid`), so an invalid
+    value is reported once, by its range, and never breaks a later check."""
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    problems: list[str] = []
-    try:
-        arch = model_arch(args)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    out_of_range = range_problems(args)
+    problems = list(out_of_range.values())
 
-    layout = RankLayout(world_size, tp, pp, args.dwm_ranks)
-    problems += layout.problems()
-    if tp >= 1 and arch.num_attention_heads % tp:
-        problems.append(f"--num-attention-heads {arch.num_attention_heads} is not divisible by "
-                        f"--tensor-model-parallel-size {tp}")
-    if tp >= 1 and arch.kv_heads % tp:
-        problems.append(f"--num-query-groups {arch.kv_heads} is not divisible by --tensor-model-parallel-size {tp}")
-    if arch.num_attention_heads % arch.kv_heads:
-        problems.append(f"--num-attention-heads {arch.num_attention_heads} is not divisible by "
-                        f"--num-query-groups {arch.kv_heads}")
-    if pp >= 1 and arch.num_layers % pp:
-        problems.append(f"--num-layers {arch.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
-    if args.seq_length > arch.max_position_embeddings:
-        problems.append(f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
-                        f"{arch.max_position_embeddings}")
+    def valid(*flags: str) -> bool:
+        return not out_of_range.keys() & set(flags)
 
-    if not layout.problems():
-        dp = layout.data_parallel_size
+    if valid(*MODEL_SHAPE_FLAGS, "tensor_model_parallel_size", "pipeline_model_parallel_size", "seq_length"):
+        problems += _model_problems(args)
+    layout = None
+    if valid("tensor_model_parallel_size", "pipeline_model_parallel_size", "dwm_ranks"):
+        layout = RankLayout(world_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                            args.dwm_ranks)
+        problems += layout.problems()
+        layout = None if layout.problems() else layout
+    dp = layout.data_parallel_size if layout is not None and valid("micro_batch_size") else None
+    if dp is not None and valid("global_batch_size"):
         if args.global_batch_size is None:
             args.global_batch_size = args.micro_batch_size * dp
         if args.global_batch_size % (args.micro_batch_size * dp):
             problems.append(f"--global-batch-size {args.global_batch_size} is not divisible by "
                             f"--micro-batch-size {args.micro_batch_size} x data-parallel size {dp}")
-    for flag in ("micro_batch_size", "train_iters", "seq_length", "eval_interval", "log_interval"):
-        if getattr(args, flag) < 1:
-            problems.append(f"--{flag.replace('_', '-')} must be >= 1")
-    for flag in ("save_interval", "exit_interval", "lr_decay_iters", "max_consecutive_nonfinite_iters"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            problems.append(f"--{flag.replace('_', '-')} must be >= 1")
-    problems += _schedule_problems(args)
-    problems += _dwm_problems(args, None if layout.problems() else layout.data_parallel_size)
+    else:
+        dp = None
+    problems += _schedule_problems(args, valid)
+    problems += _dwm_problems(args, dp, valid)
     problems += _data_problems(args)
     problems += _output_problems(args)
     problems += validate_platform_options(args.use_distributed_optimizer)
@@ -237,18 +332,64 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
-def _schedule_problems(args: argparse.Namespace) -> list[str]:
+def range_problems(args: argparse.Namespace) -> dict[str, str]:
+    """Flag destination -> problem, for each numeric flag whose value lies outside NUMERIC_RANGES
+    (NaN and infinities included); flags left unset (None) are not checked."""
+    problems = {}
+    for flag, valid_range in NUMERIC_RANGES.items():
+        value = getattr(args, flag, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in values if v is not None and v not in valid_range]
+        if bad:
+            finite = "" if all(math.isfinite(v) for v in bad) else "a finite number "
+            problems[flag] = f"--{flag.replace('_', '-')} {' '.join(map(str, values))} must be {finite}{valid_range}"
+    return problems
+
+
+def _model_problems(args: argparse.Namespace) -> list[str]:
+    """The model's shape against the parallel layout and the sequence length."""
+    try:
+        arch = model_arch(args)
+    except ValueError as error:
+        return [str(error)]
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     problems = []
-    if args.lr_decay_iters is None:
+    if arch.num_attention_heads % tp:
+        problems.append(f"--num-attention-heads {arch.num_attention_heads} is not divisible by "
+                        f"--tensor-model-parallel-size {tp}")
+    if arch.kv_heads % tp:
+        problems.append(f"--num-query-groups {arch.kv_heads} is not divisible by --tensor-model-parallel-size {tp}")
+    if arch.num_attention_heads % arch.kv_heads:
+        problems.append(f"--num-attention-heads {arch.num_attention_heads} is not divisible by "
+                        f"--num-query-groups {arch.kv_heads}")
+    if arch.num_layers % pp:
+        problems.append(f"--num-layers {arch.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    if args.seq_length > arch.max_position_embeddings:
+        problems.append(f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
+                        f"{arch.max_position_embeddings}")
+    return problems
+
+
+def _schedule_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:
+    """The learning-rate schedule's flags against each other (megatron-core asserts these); fills
+    in --lr-decay-iters."""
+    problems = []
+    if args.lr_decay_iters is None and valid("train_iters"):
         args.lr_decay_iters = args.train_iters
-    if args.lr_warmup_iters < 0 or (args.lr_decay_iters and args.lr_warmup_iters >= max(args.lr_decay_iters, 1)
-                                    and args.lr_warmup_iters > 0):
-        problems.append(f"--lr-warmup-iters {args.lr_warmup_iters} must be >= 0 and below --lr-decay-iters "
+    if valid("lr_warmup_iters", "lr_decay_iters", "train_iters") and args.lr_warmup_iters > 0 \
+            and args.lr_warmup_iters >= args.lr_decay_iters:
+        problems.append(f"--lr-warmup-iters {args.lr_warmup_iters} must be below --lr-decay-iters "
                         f"{args.lr_decay_iters}")
-    if not 0 <= args.min_lr <= args.lr:
-        problems.append(f"--min-lr {args.min_lr} must lie in [0, --lr {args.lr}]")
+    if valid("lr", "min_lr") and args.min_lr > args.lr:
+        problems.append(f"--min-lr {args.min_lr} exceeds --lr {args.lr}")
+    if valid("lr", "lr_warmup_init") and args.lr_warmup_init > args.lr:
+        problems.append(f"--lr-warmup-init {args.lr_warmup_init} exceeds --lr {args.lr}")
     if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
         problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters")
+    if args.lr_wsd_decay_iters is not None and valid("lr_wsd_decay_iters", "lr_decay_iters", "train_iters") \
+            and args.lr_wsd_decay_iters > args.lr_decay_iters:
+        problems.append(f"--lr-wsd-decay-iters {args.lr_wsd_decay_iters} exceeds --lr-decay-iters "
+                        f"{args.lr_decay_iters} (the decay ends the schedule)")
     return problems
 
 
@@ -261,52 +402,53 @@ def default_valid_batch_size(args: argparse.Namespace, data_parallel_size: int) 
     return max(unit, args.global_batch_size // 4 // unit * unit)
 
 
-def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None) -> list[str]:
-    """The DWM's flags; fills in --dwm-update-iters."""
+def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None, valid: Callable[..., bool]) -> list[str]:
+    """The DWM's flags against the others; fills in --dwm-update-iters and --dwm-valid-batch-size."""
     if args.dwm_disable:
         return [f"--dwm-ranks {args.dwm_ranks} reserves ranks for the DWM, which --dwm-disable turns off: "
                 "use --dwm-ranks 0"] if args.dwm_ranks > 0 else []
-    problems = []
-    if args.dwm_exchange_timeout <= 0:
-        problems.append(f"--dwm-exchange-timeout {args.dwm_exchange_timeout} must be > 0 seconds")
-    if 1 <= args.dwm_stages <= args.train_iters:
-        stage_length = args.train_iters // args.dwm_stages
-        if args.dwm_update_iters is None:
-            args.dwm_update_iters = max(stage_length // 4, 1)
-        if not 0 <= args.dwm_update_iters <= stage_length:
-            problems.append(f"--dwm-update-iters {args.dwm_update_iters} must lie in [0, stage length {stage_length}]")
-    else:
-        problems.append(f"--dwm-stages {args.dwm_stages} must lie in [1, --train-iters {args.train_iters}]")
-        args.dwm_update_iters = 1 if args.dwm_update_iters is None else args.dwm_update_iters
-    if args.dwm_update_interval < 1:
-        problems.append("--dwm-update-interval must be >= 1")
-    if args.dwm_valid_batch_size is None and data_parallel_size:  # else the layout's problem is reported
-        args.dwm_valid_batch_size = default_valid_batch_size(args, data_parallel_size)
-    elif data_parallel_size and (args.dwm_valid_batch_size < 1 or
-                                 args.dwm_valid_batch_size % (args.micro_batch_size * data_parallel_size)):
-        problems.append(f"--dwm-valid-batch-size {args.dwm_valid_batch_size} is not a positive multiple of "
-                        f"--micro-batch-size {args.micro_batch_size} x data-parallel size {data_parallel_size}")
-    updates = args.dwm_update_iters > 0 and not args.dwm_freeze
+    problems = _dwm_phase_problems(args, valid)
+    if data_parallel_size and valid("dwm_valid_batch_size"):  # else a problem is already reported
+        unit = args.micro_batch_size * data_parallel_size
+        if args.dwm_valid_batch_size is None:
+            args.dwm_valid_batch_size = default_valid_batch_size(args, data_parallel_size)
+        elif args.dwm_valid_batch_size % unit:
+            problems.append(f"--dwm-valid-batch-size {args.dwm_valid_batch_size} is not a positive multiple of "
+                            f"--micro-batch-size {args.micro_batch_size} x data-parallel size {data_parallel_size}")
+    updates = valid("dwm_update_iters") and args.dwm_update_iters > 0 and not args.dwm_freeze
     if updates and args.dwm_valid_data_path is None:
         problems.append("updating the DWM needs its validation set: give --dwm-valid-data-path "
                         "(or --dwm-freeze / --dwm-disable)")
     if updates and args.dwm_fd_direction == "adam" and args.use_distributed_optimizer:
         problems.append("--dwm-fd-direction adam reads Adam's state, which --use-distributed-optimizer shards; "
                         "use --dwm-fd-direction grad")
-    if args.dwm_seq_length > args.seq_length:
+    if valid("dwm_seq_length", "seq_length") and args.dwm_seq_length > args.seq_length:
         problems.append(f"--dwm-seq-length {args.dwm_seq_length} exceeds --seq-length {args.seq_length}")
-    if args.dwm_hidden_size % args.dwm_num_attention_heads:
+    if valid("dwm_hidden_size", "dwm_num_attention_heads") and args.dwm_hidden_size % args.dwm_num_attention_heads:
         problems.append(f"--dwm-hidden-size {args.dwm_hidden_size} is not divisible by "
                         f"--dwm-num-attention-heads {args.dwm_num_attention_heads}")
-    if args.dwm_temperature <= 0 or args.dwm_fd_radius <= 0 or args.dwm_lr < 0:
-        problems.append("--dwm-temperature and --dwm-fd-radius must be > 0, --dwm-lr >= 0")
-    if args.dwm_weight_clip is not None and not 0 <= args.dwm_weight_clip[0] < 1 < args.dwm_weight_clip[1]:
-        problems.append(f"--dwm-weight-clip {args.dwm_weight_clip}: need 0 <= MIN < 1 < MAX (weights have mean 1)")
+    clip = args.dwm_weight_clip
+    if clip is not None and valid("dwm_weight_clip") and not clip[0] < 1 < clip[1]:
+        problems.append(f"--dwm-weight-clip {clip[0]} {clip[1]}: need MIN < 1 < MAX (weights have mean 1)")
     for flag in ("dwm_init", "dwm_load"):
         path = getattr(args, flag)
         if path is not None and not os.path.isdir(path):
             problems.append(f"--{flag.replace('_', '-')} {path}: no such checkpoint directory")
     return problems
+
+
+def _dwm_phase_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:
+    """Stages and DWM phases against --train-iters; fills in --dwm-update-iters (a quarter of a stage)."""
+    stages_valid = valid("dwm_stages", "train_iters")
+    stage_length = args.train_iters // args.dwm_stages if stages_valid else 0
+    if args.dwm_update_iters is None:
+        args.dwm_update_iters = max(stage_length // 4, 1)
+    if stages_valid and args.dwm_stages > args.train_iters:
+        return [f"--dwm-stages {args.dwm_stages} exceeds --train-iters {args.train_iters}"]
+    if stage_length and valid("dwm_update_iters") and args.dwm_update_iters > stage_length:
+        return [f"--dwm-update-iters {args.dwm_update_iters} exceeds the stage length {stage_length} "
+                f"(--train-iters {args.train_iters} / --dwm-stages {args.dwm_stages})"]
+    return []
 
 
 def _data_problems(args: argparse.Namespace) -> list[str]:
@@ -316,14 +458,38 @@ def _data_problems(args: argparse.Namespace) -> list[str]:
         problems.append("give the training data with exactly one of --data-path and --per-split-data-args-path")
     elif args.data_path is not None:
         problems += _blend_problems("--data-path", args.data_path)
-    elif not os.path.isfile(args.per_split_data_args_path):
-        problems.append(f"--per-split-data-args-path {args.per_split_data_args_path}: no such file")
+    else:
+        problems += _per_split_problems(args.per_split_data_args_path)
     if args.tokenizer_model is None:
         problems.append(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-model (a .model or tokenizer.json)")
     elif not os.path.isfile(args.tokenizer_model):
         problems.append(f"--tokenizer-model {args.tokenizer_model}: no such file")
-    if args.dwm_valid_data_path is not None and not _indexed_exists(args.dwm_valid_data_path):
-        problems.append(f"--dwm-valid-data-path: no {args.dwm_valid_data_path}.bin/.idx")
+    if args.dwm_valid_data_path is not None:
+        problem = _indexed_problem(args.dwm_valid_data_path, "tools/preprocess_lambada.py")
+        problems += [f"--dwm-valid-data-path: {problem}"] if problem else []
+    return problems
+
+
+def _per_split_problems(path: str) -> list[str]:
+    """--per-split-data-args-path: a readable JSON object of --data-path lists, each checked."""
+    import json
+
+    flag = f"--per-split-data-args-path {path}"
+    if not os.path.isfile(path):
+        return [f"{flag}: no such file"]
+    try:
+        with open(path, encoding="utf-8") as file:
+            per_split = json.load(file)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return [f"{flag}: not readable as JSON ({error})"]
+    if not isinstance(per_split, dict) or set(per_split) - {"train", "valid", "test"}:
+        return [f'{flag}: expected a JSON object with keys among "train", "valid", "test"']
+    problems = []
+    for split, data_path in per_split.items():
+        if not isinstance(data_path, list) or not all(isinstance(item, (str, int, float)) for item in data_path):
+            problems.append(f"{flag} {split}: expected a list in --data-path syntax")
+        elif data_path:
+            problems += _blend_problems(f"{flag} {split}", [str(item) for item in data_path])
     return problems
 
 
@@ -340,11 +506,15 @@ def _blend_problems(flag: str, data_path: list[str]) -> list[str]:
             return [f"{flag}: expected weight prefix pairs, found a non-numeric weight in {data_path[0::2]}"]
         if any(w <= 0 for w in weights):
             return [f"{flag}: weights must be positive, got {weights}"]
-    return [f"{flag}: no {prefix}.bin/.idx" for prefix in prefixes if not _indexed_exists(prefix)]
+    return [f"{flag}: {problem}" for prefix in prefixes if (problem := _indexed_problem(prefix))]
 
 
-def _indexed_exists(prefix: str) -> bool:
-    return os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")
+def _indexed_problem(prefix: str, tool: str = "tools/preprocess_data.py") -> str | None:
+    """A missing file, or a .bin/.idx pair that does not belong together (reads only the header and
+    last entries of the .idx, so it is fast on any size of data)."""
+    from megatron_dwm.data.integrity import indexed_problem
+
+    return indexed_problem(prefix, tool)
 
 
 def _output_problems(args: argparse.Namespace) -> list[str]:
@@ -360,6 +530,8 @@ def _output_problems(args: argparse.Namespace) -> list[str]:
         problems.append("--save-interval needs --save")
     if args.load is not None and os.path.exists(args.load) and not os.path.isdir(args.load):
         problems.append(f"--load {args.load}: not a directory")
+    if args.ckpt_step is not None and args.load is None:
+        problems.append(f"--ckpt-step {args.ckpt_step} needs --load")
     return problems
 
 

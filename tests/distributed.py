@@ -12,18 +12,27 @@ rank is re-raised in the test with that rank's traceback.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import traceback
 from typing import Any, Callable, Sequence
 
+import torch
 import torch.multiprocessing as mp
 
 
 def free_port() -> int:
+    """A port free now; another process may take it before a rank binds it (see `port_taken`)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_taken(output: str) -> bool:
+    """Whether `output` (a rank's or a launcher's) says that the rendezvous port was in use by the
+    time it was bound: the job should then be started again on another port."""
+    return "EADDRINUSE" in output or "address already in use" in output.lower()
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable, args: Sequence, queue) -> None:
@@ -50,7 +59,7 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: Sequence,
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         result = fn(rank, world_size, *args)
-        queue.put((rank, "ok", result))
+        queue.put((rank, "ok", _serialize(result)))
     except BaseException:  # noqa: BLE001 - reported to the parent
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -62,6 +71,18 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: Sequence,
             pass
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _serialize(result: Any) -> bytes:
+    """The result as bytes: tensors put on a queue travel as shared-memory file descriptors, which
+    the parent can no longer fetch once the rank has exited (FileNotFoundError in the test)."""
+    buffer = io.BytesIO()
+    torch.save(result, buffer)
+    return buffer.getvalue()
+
+
+def _deserialize(payload: bytes) -> Any:
+    return torch.load(io.BytesIO(payload), weights_only=False)
 
 
 def run_distributed(fn: Callable, world_size: int, args: Sequence[Any] = (), timeout: float = 600) -> list:
@@ -97,7 +118,7 @@ def _run_once(fn: Callable, world_size: int, args: Sequence[Any], timeout: float
         for _ in range(world_size):
             rank, status, payload = queue.get(timeout=timeout)
             if status == "ok":
-                results[rank] = payload
+                results[rank] = _deserialize(payload)
             else:
                 errors.append(f"rank {rank} failed:\n{payload}")
                 break
@@ -108,5 +129,5 @@ def _run_once(fn: Callable, world_size: int, args: Sequence[Any], timeout: float
                 proc.kill()
     if errors:
         message = "\n".join(errors)
-        raise (PortTaken if "EADDRINUSE" in message or "Address already in use" in message else RuntimeError)(message)
+        raise (PortTaken if port_taken(message) else RuntimeError)(message)
     return [results[rank] for rank in range(world_size)]

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from megatron_dwm.arguments import ConfigError, build_parser, model_arch, validate_args
+from megatron_dwm.arguments import NUMERIC_RANGES, ConfigError, build_parser, model_arch, parse_args, validate_args
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _single_process(monkeypatch):
+    """A process of its own, whatever launched the tests: rank 0, under no launcher."""
+    for variable in ("RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_ERROR_FILE"):
+        monkeypatch.delenv(variable, raising=False)
 
 
 @pytest.fixture
@@ -93,11 +103,10 @@ def test_entry_point_refuses_unknown_preset_before_any_work():
     assert "CPU mode on" not in result.stdout  # no platform or process-group work happened
 
 
-def test_entry_point_refuses_indivisible_heads_before_any_work():
-    result = _run_entry("--tensor-model-parallel-size", "3")
-    assert result.returncode == 2
-    assert "--num-attention-heads 4 is not divisible by --tensor-model-parallel-size 3" in result.stderr
-    assert "CPU mode on" not in result.stdout
+def test_entry_point_refuses_indivisible_heads_before_any_work(data_flags, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    error = _main_fails([*data_flags, "--tensor-model-parallel-size", "3"], capsys)
+    assert "--num-attention-heads 4 is not divisible by --tensor-model-parallel-size 3" in error
 
 
 # The bad configurations a user meets most, through the entry point: each fails with its message
@@ -156,7 +165,7 @@ def test_dwm_flags_are_checked(data_flags, corpus):
                                       "--dwm-valid-batch-size", "3", "--dwm-stages", "20", "--train-iters", "10"])
     with pytest.raises(ConfigError) as error:
         validate_args(args, world_size=2)
-    assert "--dwm-stages 20 must lie in [1, --train-iters 10]" in str(error.value)
+    assert "--dwm-stages 20 exceeds --train-iters 10" in str(error.value)
     assert "updating the DWM needs its validation set: give --dwm-valid-data-path" in str(error.value)
     args = build_parser().parse_args([*flags, "--micro-batch-size", "2", "--global-batch-size", "8",
                                       "--dwm-valid-batch-size", "3", "--dwm-valid-data-path", str(corpus["valid"])])
@@ -164,3 +173,148 @@ def test_dwm_flags_are_checked(data_flags, corpus):
         validate_args(args, world_size=2)
     assert "--dwm-valid-batch-size 3 is not a positive multiple of --micro-batch-size 2 x data-parallel size 2" \
         in str(error.value)
+
+
+# Every numeric flag of the parser, and the flags for which 0 is a legitimate value; for the
+# others 0 is refused, and for all of them a negative value (and NaN and infinity, for floats).
+NUMERIC_FLAGS = [action for action in build_parser()._actions if action.type in (int, float)]
+ZERO_IS_VALID = {
+    "--seed", "--dwm-ranks", "--min-lr", "--lr-warmup-iters", "--lr-warmup-init", "--weight-decay",
+    "--clip-grad",  # 0: no clipping
+    "--adam-beta1", "--adam-beta2", "--dwm-lr", "--dwm-update-iters", "--dwm-weight-clip",  # as MIN
+    "--num-workers", "--eval-iters", "--logging-level", "--ckpt-step",
+}
+VALID_ZERO_ARGV = {"--dwm-weight-clip": ["--dwm-weight-clip", "0", "2"]}
+
+
+def _invalid_values(action) -> list[str]:
+    values = ([] if action.option_strings[0] in ZERO_IS_VALID else ["0"]) + ["-1"]
+    return values + (["nan", "inf"] if action.type is float else [])
+
+
+INVALID_CASES = [(action.option_strings[0], value, action.nargs or 1)
+                 for action in NUMERIC_FLAGS for value in _invalid_values(action)]
+
+
+@pytest.fixture(scope="module")
+def valid_flags(corpus, tmp_path_factory) -> list[str]:
+    """A configuration that passes every check, with the DWM on (its checks run) and a checkpoint
+    directory (checks that need --save / --load run)."""
+    checkpoints = str(tmp_path_factory.mktemp("arguments") / "ckpt")
+    return ["--data-path", *corpus["data_path"], "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+            str(corpus["tokenizer"]), "--dwm-valid-data-path", str(corpus["valid"]), "--save", checkpoints,
+            "--load", checkpoints]
+
+
+def test_valid_flags_are_valid(valid_flags):
+    args = parse_args(valid_flags, world_size=1)
+    assert args.dwm_update_iters == 2 and args.dwm_valid_batch_size == 1  # the DWM's checks ran
+
+
+def test_every_numeric_flag_has_a_declared_range():
+    missing = [action.option_strings[0] for action in NUMERIC_FLAGS if action.dest not in NUMERIC_RANGES]
+    assert missing == [], "numeric flags without a range in megatron_dwm.arguments.NUMERIC_RANGES"
+    assert len(NUMERIC_FLAGS) > 40  # the enumeration found the parser's flags
+
+
+def _problems(message: str) -> list[str]:
+    return [line.strip()[2:] for line in message.splitlines() if line.strip().startswith("- ")]
+
+
+@pytest.mark.parametrize("flag,value,nargs", INVALID_CASES, ids=[f"{f}={v}" for f, v, _ in INVALID_CASES])
+def test_invalid_number_is_an_argument_error_naming_the_flag(flag, value, nargs, valid_flags, capsys, monkeypatch):
+    argv = [*valid_flags, flag, *[value] * nargs]
+    with pytest.raises(ConfigError):
+        parse_args(argv, world_size=1)  # refused, so the entry point below stops before any work
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    err = _main_fails(argv, capsys)
+    problems = _problems(err)
+    assert len(problems) == 1, err  # reported once, by its range: no later check trips over it
+    assert problems[0].startswith(f"{flag} ") and " must be " in problems[0], err
+    shown = float(problems[0].split()[1])  # the value, as given
+    assert shown == float(value) or (math.isnan(shown) and value == "nan"), err
+
+
+@pytest.mark.parametrize("flag", sorted(ZERO_IS_VALID))
+def test_zero_is_accepted_where_it_means_something(flag, valid_flags):
+    parse_args([*valid_flags, *VALID_ZERO_ARGV.get(flag, [flag, "0"])], world_size=1)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--micro-batch-size", "0"], "--micro-batch-size 0 must be >= 1"),
+    (["--global-batch-size", "0"], "--global-batch-size 0 must be >= 1"),
+    (["--lr", "-1"], "--lr -1.0 must be > 0"),
+    (["--dwm-temperature", "0"], "--dwm-temperature 0.0 must be > 0"),
+    (["--dwm-fd-radius", "nan"], "--dwm-fd-radius nan must be a finite number > 0"),
+    (["--adam-beta2", "1"], "--adam-beta2 1.0 must be in [0, 1)"),
+    (["--seed", "-1"], "--seed -1 must be in [0, 2147483647]"),
+])
+def test_invalid_number_message(flags, message, valid_flags):
+    with pytest.raises(ConfigError) as error:
+        parse_args([*valid_flags, *flags], world_size=1)
+    assert _problems(str(error.value)) == [message]
+
+
+def test_range_problems_come_first_and_the_rest_still_follow(valid_flags):
+    with pytest.raises(ConfigError) as error:
+        parse_args([*valid_flags, "--tensor-model-parallel-size", "3", "--micro-batch-size", "0", "--min-lr", "1",
+                    "--dwm-hidden-size", "130"], world_size=3)
+    assert _problems(str(error.value)) == [
+        "--micro-batch-size 0 must be >= 1",
+        "--num-attention-heads 4 is not divisible by --tensor-model-parallel-size 3",
+        "--num-query-groups 2 is not divisible by --tensor-model-parallel-size 3",
+        "--min-lr 1.0 exceeds --lr 0.0003",
+        "--dwm-hidden-size 130 is not divisible by --dwm-num-attention-heads 4",
+    ]
+
+
+def test_syntax_error_is_one_line_without_the_usage_block(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    err = _main_fails(["--micro-batch-size", "two"], capsys)
+    assert err == "pretrain_dwm.py: error: argument --micro-batch-size: invalid int value: 'two'\n"
+
+
+def test_help_states_the_defaults():
+    text = build_parser().format_help()
+    assert "samples per micro-batch per DP rank (default: 1)" in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+# Under a launcher every rank finds the same error: rank 0 reports it, the others wait for the
+# launcher to end them, and report it themselves only if it does not.
+def test_argument_error_goes_to_torchrun_error_file(tmp_path, capsys, monkeypatch):
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _main_fails(["--micro-batch-size", "0"], capsys) == ""
+    message = json.loads(error_file.read_text())["message"]
+    assert "--micro-batch-size 0 must be >= 1" in message["message"]
+    assert message["extraInfo"]["py_callstack"] == message["message"]  # what torchrun's summary prints
+
+
+@pytest.mark.parametrize("launcher,waits", [("TORCHELASTIC_RUN_ID", True), ("SLURM_PROCID", True), (None, False)])
+def test_other_ranks_report_only_after_the_grace_period(launcher, waits, capsys, monkeypatch):
+    import pretrain_dwm
+
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    if launcher:
+        monkeypatch.setenv(launcher, "1")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    err = _main_fails(["--micro-batch-size", "0"], capsys)
+    assert slept == ([pretrain_dwm.ARGUMENT_ERROR_GRACE_S] if waits else [])
+    assert err.startswith("pretrain_dwm.py: error: ") and err.rstrip().endswith("(rank 1)")
+
+
+def test_torchrun_job_shows_the_argument_error_once(tmp_path):
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(REPO / "pretrain_dwm.py"),
+                             "--micro-batch-size", "0"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert output.count("--micro-batch-size 0 must be >= 1") == 1, output
+    assert "usage:" not in output
+    root_cause = output[output.index("Root Cause"):]  # torchrun's summary, its last lines
+    assert "exitcode  : 2" in root_cause and "--micro-batch-size 0 must be >= 1" in root_cause, output

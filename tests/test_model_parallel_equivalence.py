@@ -1,7 +1,11 @@
 """TP=2, PP=2 and TP=2 x PP=2 (gloo) give the same per-token losses, gradients and loss curve as
 TP=1, PP=1 from identical weights. Weights travel through a distributed checkpoint written at
 TP=1 and resharded on load; gradients come back the same way (written as a checkpoint from the
-parallel run, read into a TP=1 model), so the comparison covers megatron-core's own layouts."""
+parallel run, read into a TP=1 model), so the comparison covers megatron-core's own layouts.
+
+The weighted loss with non-uniform per-sample weights on DP=1, DP=2 and TP=2 x DP=2 against the
+explicit formula sum_i w_i l_i / n (autograd): per-sample losses, gradients after DDP, the
+validation gradient of the DWM's outer step and its hypergradients."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from megatron_dwm.training.bilevel import MegatronBilevel
 from tests.distributed import run_distributed
 
 VOCAB = 256
@@ -111,3 +116,192 @@ def test_parallel_layout_matches_single_rank(reference, tmp_path, tp, pp):
         losses = [loss for loss, _ in result["curve"]]
         assert losses == pytest.approx(ref_losses, abs=2e-5)
     assert ref_losses[-1] < ref_losses[0]  # it is a training run, not a constant
+
+
+# -- the weighted loss on data-parallel layouts ---------------------------------------------------
+# A global batch of 8 samples with fixed, non-uniform weights and per-sample loss masks of
+# different lengths goes through WeightedLoss and megatron-core's schedule and DDP on DP=1, DP=2 and
+# TP=2 x DP=2; DP rank r holds samples [r n/DP, (r+1) n/DP) in micro batches of 2, as the DWM orders
+# them (DP rank, then micro batch, then sample). Every layout is compared with one independent
+# reference: autograd of the explicit formula sum_i w_i l_i / n over the whole batch in one
+# forward (l_i the masked mean of torch's cross-entropy over the model's logits).
+WEIGHTED_BATCH = 8
+VALID_BATCH = 4
+# Tolerances, all from float32 reduction order (gradients summed over micro batches and DP ranks
+# in a different order, TP's split matmuls): the per-sample losses agree to 2e-5 as the per-token
+# losses of the TP/PP test above; each gradient tensor to a relative error of 1e-5 (measured:
+# below 1e-6). The hypergradient g_i = -(eta/n) (l_i^+ - l_i^-) / (2 eps) inherits the losses'
+# disagreement divided by 2 eps: |g_i - g_i^ref| <= (eta/n) (2 LOSS_ATOL) / (2 eps).
+LOSS_ATOL = 2e-5
+GRAD_RTOL = 1e-5
+
+
+def _sample_weights() -> torch.Tensor:
+    """w_i = 0.25 + 0.5 (5 i mod 8): eight different weights, none equal to 1."""
+    return torch.tensor([0.25 + 0.5 * ((5 * i) % WEIGHTED_BATCH) for i in range(WEIGHTED_BATCH)])
+
+
+def _samples(count: int, seed: int, masked: bool) -> dict[str, torch.Tensor]:
+    """`count` samples as one micro-batch dict; domain_id holds the sample's index (its identity)."""
+    tokens = torch.randint(0, VOCAB, (count, SEQ), generator=torch.Generator().manual_seed(seed))
+    positions = torch.arange(SEQ - 1)
+    # sample i counts its tokens from position 3 i on: 32, 29, ..., 11 tokens
+    loss_mask = (positions[None, :] >= 3 * torch.arange(count)[:, None]).float() if masked else \
+        torch.ones(count, SEQ - 1)
+    return {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": loss_mask,
+            "position_ids": positions.expand(count, -1), "domain_id": torch.arange(count),
+            "document_id": torch.arange(count)}
+
+
+def _micro_batches(samples: dict[str, torch.Tensor], dp_rank: int, dp_size: int) -> list[dict[str, torch.Tensor]]:
+    count = samples["tokens"].shape[0]
+    mine = range(dp_rank * count // dp_size, (dp_rank + 1) * count // dp_size, MICRO_BATCH)
+    return [{key: value[i:i + MICRO_BATCH] for key, value in samples.items()} for i in mine]
+
+
+def _explicit_weighted_gradients(model, samples, weights) -> dict[str, torch.Tensor]:
+    """Autograd of sum_i w_i l_i / n, the whole batch in one forward, torch's cross-entropy
+    (torch.autograd.grad: nothing reaches .grad or the DDP buffers)."""
+    import torch.nn.functional as F
+
+    logits = model(samples["tokens"], samples["position_ids"], None)  # [b, s, V]
+    token_losses = F.cross_entropy(logits.float().transpose(1, 2), samples["labels"], reduction="none")
+    mask = samples["loss_mask"]
+    per_sample = (token_losses * mask).sum(dim=1) / mask.sum(dim=1)
+    names, parameters = zip(*model.named_parameters())
+    gradients = torch.autograd.grad((weights * per_sample).sum() / len(weights), parameters)
+    return dict(zip(names, gradients))
+
+
+def _relative_errors(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: float((actual[name] - value).norm() / value.norm()) for name, value in expected.items()}
+
+
+def _write_reference(model, arch, samples, weights, weights_dir, grads_dir) -> float:
+    """Save the weights and, as a checkpoint any layout can read, autograd's gradient of the explicit
+    formula; returns how far the same formula with each weight on its neighbour's sample lands."""
+    from megatron_dwm.training.checkpointing import save_checkpoint
+
+    save_checkpoint(weights_dir, 0, model, arch)
+    gradients = _explicit_weighted_gradients(model, samples, weights)
+    permuted = _explicit_weighted_gradients(model, samples, weights.roll(1))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(gradients[name])
+    save_checkpoint(grads_dir, 0, model, arch)
+    return max(_relative_errors(permuted, gradients).values())
+
+
+def _gradient_errors(model, weights_dir, grads_dir) -> dict[str, float]:
+    """This layout's DDP gradients against the reference gradient resharded to it; the weights are
+    loaded back after, and the DDP buffers keep this layout's gradient for the optimizer."""
+    from megatron_dwm.training.checkpointing import load_checkpoint
+
+    main_grads = {name: param.main_grad.clone() for name, param in model.named_parameters()}
+    load_checkpoint(grads_dir, model)
+    errors = _relative_errors(main_grads, dict(model.named_parameters()))
+    load_checkpoint(weights_dir, model)
+    return errors
+
+
+def _weighted_run(rank, world_size, tp, weights_dir, grads_dir, is_reference):
+    """One step of the weighted loss on this layout, then the finite-difference hypergradient."""
+    from megatron.core import parallel_state
+    from megatron.core.distributed import finalize_model_grads
+
+    from megatron_dwm.dwm.colocated import gather_over
+    from megatron_dwm.dwm.hypergradient import finite_difference_hypergradient
+    from megatron_dwm.training.checkpointing import load_checkpoint
+    from megatron_dwm.training.loss import WeightedLoss
+    from megatron_dwm.training.step import run_global_batch
+    from tests.megatron_model import build_on_rank, wrap_ddp
+
+    arch = _arch()
+    model = build_on_rank(arch, VOCAB, tp=tp, seq_length=SEQ)
+    samples, weights = _samples(WEIGHTED_BATCH, 200, masked=True), _sample_weights()
+    result = {}
+    if is_reference:
+        result["permuted weights"] = _write_reference(model, arch, samples, weights, weights_dir, grads_dir)
+    load_checkpoint(weights_dir, model)
+
+    ddp = wrap_ddp(model)
+    optimizer = _optimizer(ddp)
+    model.config.finalize_model_grads_func = finalize_model_grads  # as the trainer: DP reduction, tied embeddings
+    model.config.grad_scale_func = optimizer.scale_loss
+    dp_group = parallel_state.get_data_parallel_group()
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
+    microbatches = _micro_batches(samples, dp_rank, dp_size)
+    # this replica's slice of the global-order weights, split per micro batch, as the DWM hands them out
+    micro_weights = list(weights[dp_rank * WEIGHTED_BATCH // dp_size:].split(MICRO_BATCH))[:len(microbatches)]
+    loss = WeightedLoss("torch", torch.device("cpu"))
+
+    ddp.zero_grad_buffer()
+    per_sample, ids = run_global_batch(ddp, microbatches, micro_weights, loss)
+    result["ids"], result["per_sample"] = gather_over(ids, dp_group), gather_over(per_sample, dp_group)
+    result["grad errors"] = _gradient_errors(model, weights_dir, grads_dir)
+
+    optimizer.step()
+    result["lr"] = optimizer.param_groups[0]["lr"]
+    valid = _micro_batches(_samples(VALID_BATCH, 201, masked=False), dp_rank, dp_size)
+    bilevel = RecordingBilevel(ddp, optimizer, loss, microbatches, valid, direction="adam")
+    fd = finite_difference_hypergradient(bilevel, result["lr"], WEIGHTED_BATCH)  # v right after the step, as in training
+    result["hypergradient"], result["epsilon"] = fd.hypergradient, fd.epsilon
+    result["per_sample at theta_next"] = bilevel.per_sample_losses()
+    if is_reference:
+        explicit = _explicit_weighted_gradients(model, _samples(VALID_BATCH, 201, masked=False), torch.ones(VALID_BATCH))
+        result["v errors"] = _relative_errors(dict(zip(explicit, bilevel.v)), explicit)
+    return result
+
+
+class RecordingBilevel(MegatronBilevel):
+    """The trainer's outer-step model, keeping a copy of the validation gradient v it used."""
+
+    def validation_gradient(self):
+        self.v = [tensor.clone() for tensor in super().validation_gradient()]
+        return self.v
+
+
+@pytest.fixture(scope="module")
+def weighted_reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weighted")
+    result = run_distributed(_weighted_run, 1, args=(1, str(root / "weights"), str(root / "grads"), True))[0]
+    return result | {"weights": root / "weights", "grads": root / "grads"}
+
+
+def test_weighted_gradient_on_one_rank_matches_the_formula(weighted_reference):
+    """DP=1, four micro batches: the schedule's reduction of WeightedLoss is sum_i w_i l_i / n."""
+    ref = weighted_reference
+    assert torch.equal(ref["ids"], torch.arange(WEIGHTED_BATCH))
+    errors = ref["grad errors"]
+    assert max(errors.values()) < GRAD_RTOL, errors
+    assert ref["permuted weights"] > 1000 * GRAD_RTOL  # a pairing error would be seen
+
+
+def test_validation_gradient_after_the_step_matches_autograd(weighted_reference):
+    """v of the outer step, taken right after the LLM's optimizer step (two micro batches), is the
+    gradient of the validation batch's mean loss."""
+    errors = weighted_reference["v errors"]
+    assert max(errors.values()) < GRAD_RTOL, errors
+
+
+@pytest.mark.parametrize("tp,dp", [(1, 2), (2, 2)], ids=["dp2", "tp2-dp2"])
+def test_weighted_loss_on_data_parallel_layouts_matches_dp1(weighted_reference, tp, dp):
+    """Per-sample losses, every gradient tensor (after DDP) and the hypergradient of each sample
+    match DP=1; the hypergradient comes back in the global order."""
+    ref = weighted_reference
+    results = run_distributed(_weighted_run, tp * dp, args=(tp, str(ref["weights"]), str(ref["grads"]), False))
+    g_ref, epsilon = ref["hypergradient"].double(), ref["epsilon"]
+    g_atol = (ref["lr"] / WEIGHTED_BATCH) * 2 * LOSS_ATOL / (2 * epsilon)
+    assert g_ref.abs().max() > 20 * g_atol  # the hypergradients are well above their tolerance
+    assert (g_ref.roll(1) - g_ref).abs().max() > 10 * g_atol  # and differ enough between samples to see a pairing error
+    for rank, result in enumerate(results):
+        assert torch.equal(result["ids"], torch.arange(WEIGHTED_BATCH)), rank  # the global order
+        torch.testing.assert_close(result["per_sample"], ref["per_sample"], rtol=0, atol=LOSS_ATOL)
+        errors = result["grad errors"]
+        assert max(errors.values()) < GRAD_RTOL, (rank, errors)
+        torch.testing.assert_close(result["per_sample at theta_next"], ref["per_sample at theta_next"],
+                                   rtol=0, atol=LOSS_ATOL)
+        error = (result["hypergradient"].double() - g_ref).abs().max()
+        print(f"rank {rank}: hypergradient max |g - g_ref| {error:.2e} (tolerance {g_atol:.2e}, "
+              f"max |g_ref| {g_ref.abs().max():.2e})")
+        assert error <= g_atol, rank

@@ -45,7 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="output directory, created if absent (default: RUN_DIR/analysis)")
     parser.add_argument("--bins", type=int, default=50, help="histogram bins (default: 50)")
     parser.add_argument("--log-y", action="store_true", help="logarithmic counts in the weight histograms")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.bins < 1:
+        parser.error(f"--bins {args.bins} must be >= 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

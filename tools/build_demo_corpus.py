@@ -144,12 +144,12 @@ def build(args: argparse.Namespace) -> None:
         stats = preprocess(PreprocessConfig(
             inputs=[chunk_dir], output_prefix=indexed_dir, tokenizer_type=tokenizer_type,
             tokenizer_model=tokenizer_model, append_eod=True, workers=args.workers,
-            split_by_domain=True,
+            split_by_domain=True, overwrite=True,  # redo an interrupted build (data_path.txt comes last)
         ))
         print(format_summary(stats))
         valid = preprocess_context_target(
             [lambada_file], os.path.join(indexed_dir, "lambada_style"),
-            build_tokenizer(tokenizer_type, tokenizer_model),
+            build_tokenizer(tokenizer_type, tokenizer_model), overwrite=True,
         )
         print(format_summary(valid))
         blend = " ".join(f"{stats.tokens_per_domain[d.split('/')[-1].rsplit('_text_document')[0]]} {d}"

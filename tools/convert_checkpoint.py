@@ -59,10 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load, save = Path(args.load_dir), Path(args.save_dir)
     if not load.is_dir():
         problems.append(f"--load-dir {load}: no such directory")
-    elif args.direction == "hf-to-megatron" and not (load / "config.json").is_file():
-        problems.append(f"--load-dir {load}: no config.json (expected a Hugging Face Llama directory)")
-    elif args.direction == "hf-to-megatron" and not list(load.glob("*.safetensors")):
-        problems.append(f"--load-dir {load}: no *.safetensors weights")
+    elif args.direction == "hf-to-megatron":
+        problems += hf_directory_problems(load)
+    else:
+        problems += megatron_checkpoint_problems(load)
+    for flag in ("make_vocab_size_divisible_by", "target_tensor_parallel_size"):
+        if getattr(args, flag, 1) < 1:
+            problems.append(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be >= 1")
     if save.exists() and any(save.iterdir()):
         problems.append(f"--save-dir {save}: exists and is not empty (refusing to overwrite)")
     if args.direction == "megatron-to-hf" and args.tokenizer_model:
@@ -74,6 +77,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if problems:
         parser.error("; ".join(problems))
     return args
+
+
+def hf_directory_problems(load: Path) -> list[str]:
+    """Why `load` is not a Hugging Face Llama directory the converter can read ([] if it is)."""
+    config = load / "config.json"
+    if not config.is_file():
+        return [f"--load-dir {load}: no config.json (expected a Hugging Face Llama directory)"]
+    if not list(load.glob("*.safetensors")):
+        return [f"--load-dir {load}: no *.safetensors weights"]
+    try:
+        arch_from_hf_config(json.loads(config.read_text()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        return [f"--load-dir {load}: {config} is not a Llama config.json the converter reads "
+                f"({type(error).__name__}: {error})"]
+    return []
+
+
+def megatron_checkpoint_problems(load: Path) -> list[str]:
+    """Why `load` is not a megatron-dwm checkpoint directory with a complete checkpoint ([] if it is)."""
+    from megatron_dwm.checkpoint_layout import read_checkpoint_common
+
+    try:
+        read_checkpoint_common(load)
+    except (OSError, ValueError) as error:
+        return [f"--load-dir {load} is not a readable megatron-dwm checkpoint: {error}"]
+    return []
 
 
 def read_safetensors_dir(path: Path) -> dict[str, torch.Tensor]:

@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="write the results to OUTPUT.md and OUTPUT.json")
     args = parser.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    if args.limit is not None and args.limit >= 1:
+    if args.limit is not None and math.isfinite(args.limit) and args.limit >= 1:
         args.limit = int(args.limit)
     args.device = args.device or _default_device()
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -81,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             problems.append(f"--include-path {path}: no such directory")
     if any(n < 0 for n in args.num_fewshot):
         problems.append("--num-fewshot: must be >= 0")
+    if args.limit is not None and not (math.isfinite(args.limit) and args.limit > 0):
+        problems.append(f"--limit {args.limit} must be a finite number > 0")
+    if args.bootstrap_iters < 0:
+        problems.append(f"--bootstrap-iters {args.bootstrap_iters} must be >= 0")
+    if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) >= 1):
+        problems.append(f"--batch-size {args.batch_size} must be 'auto' or an integer >= 1")
     if not args.tasks:
         problems.append("--tasks: empty")
     if problems:

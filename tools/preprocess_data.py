@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--output-prefix", required=True,
                        help="output prefix, <prefix>_<key>_document.{bin,idx}; "
                             "with --split-by-domain an output directory")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace existing outputs (without it, any existing output .bin/.idx - with "
+                            "--split-by-domain any *_<key>_document.bin/.idx in the directory - is an error)")
     group = parser.add_argument_group("runtime")
     group.add_argument("--workers", type=int, default=os.cpu_count(),
                        help="tokenizer processes (default: all CPUs)")
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         split_by_domain=args.split_by_domain,
         strict=args.strict,
+        overwrite=args.overwrite,
         log_interval=args.log_interval,
     )
     return run_as_command(lambda: preprocess(config))

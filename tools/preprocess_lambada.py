@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
     parser.add_argument("--tokenizer-model", required=True)
     parser.add_argument("--strict", action="store_true", help="non-zero exit at the first bad record")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing OUTPUT_PREFIX_text_document.{bin,idx} (else an error)")
     return parser
 
 
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_as_command(lambda: preprocess_context_target(
         args.input, args.output_prefix, build_tokenizer(args.tokenizer_type, args.tokenizer_model),
         text_key=args.json_keys[0], strict=args.strict,
+        overwrite=args.overwrite,
     ))
 
 

@@ -12,6 +12,7 @@ together), split where the context's own tokenization ends.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy
@@ -24,6 +25,7 @@ from megatron_dwm.data.preprocess import (
     PreprocessStats,
     RejectedRecord,
     output_prefix_for,
+    refuse_existing,
 )
 from megatron_dwm.data.progress import Progress
 from megatron_dwm.data.tokenizer import TextTokenizer
@@ -88,14 +90,19 @@ def preprocess_context_target(
     text_key: str = "text",
     strict: bool = False,
     progress_stream=None,
+    overwrite: bool = False,
 ) -> PreprocessStats:
-    """Write ``{output_prefix}_text_document.{bin,idx}`` in the two-sequence format above."""
+    """Write ``{output_prefix}_text_document.{bin,idx}`` in the two-sequence format above; existing
+    outputs are refused before any work unless ``overwrite``."""
     try:
         files = expand_inputs(inputs)
     except FileNotFoundError as error:
         raise PreprocessError(str(error)) from error
+    prefix = output_prefix_for(output_prefix, "text", None)
+    if not overwrite:
+        refuse_existing([path for path in (prefix + ".bin", prefix + ".idx") if os.path.lexists(path)])
     stats = PreprocessStats()
-    writer = AtomicIndexedWriter(output_prefix_for(output_prefix, "text", None), tokenizer.vocab_size)
+    writer = AtomicIndexedWriter(prefix, tokenizer.vocab_size)
     progress = Progress("context+target", stream=progress_stream)
     try:
         for path in files:

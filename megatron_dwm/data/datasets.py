@@ -5,13 +5,18 @@
 of such lists. A sample's domain id is the index of its prefix in the blend (megatron-core's
 ``dataset_id``); its document id is the document, within that prefix's indexed dataset, that the
 sample starts in.
+
+megatron-core caches each dataset's document, sample and shuffle indices under a name hashed from
+its configuration (``--data-cache-path``, default next to the data). That configuration here also
+holds the identity of every prefix's files (:func:`dataset_identity`), so re-preprocessed data
+gets new indices instead of the cached ones of the old files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -20,13 +25,26 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.utils import get_blend_from_list
 
+from megatron_dwm.data.integrity import dataset_identity, indexed_problem
 from megatron_dwm.data.tokenizer import TextTokenizer
 
 Blend = tuple[list[str], Optional[list[float]]]
 
 
+@dataclass
+class DomainGPTDatasetConfig(GPTDatasetConfig):
+    """megatron-core's GPTDatasetConfig plus the identity of every prefix's files."""
+
+    data_identities: dict[str, str] = field(default_factory=dict)  # prefix -> dataset_identity(prefix)
+
+
 class DomainGPTDataset(GPTDataset):
-    """megatron-core's GPTDataset; each sample also carries ``document_id``."""
+    """megatron-core's GPTDataset; each sample also carries ``document_id``. Its cached indices are
+    keyed on the identity of the data's files as well as on megatron-core's own attributes."""
+
+    @staticmethod
+    def _key_config_attributes() -> list[str]:
+        return [*GPTDataset._key_config_attributes(), "data_identities"]
 
     def __getitem__(self, idx: Optional[int]) -> dict[str, torch.Tensor]:
         sample = super().__getitem__(idx)  # also loads lazily mapped indices
@@ -47,7 +65,8 @@ class TrainValidTestDatasets:
 
 
 def parse_data_path(data_path: Sequence[str]) -> Blend:
-    """Megatron's ``--data-path`` list -> (prefixes, weights or None); checks every prefix exists."""
+    """Megatron's ``--data-path`` list -> (prefixes, weights or None); checks every prefix's files
+    exist (FileNotFoundError) and belong together (ValueError)."""
     blend = get_blend_from_list(list(data_path))
     if blend is None or not blend[0]:
         raise ValueError("--data-path is empty")
@@ -57,6 +76,9 @@ def parse_data_path(data_path: Sequence[str]) -> Blend:
     for prefix in prefixes:
         if not IndexedDataset.exists(prefix):
             raise FileNotFoundError(f"--data-path: no {prefix}.bin/.idx")
+        problem = indexed_problem(prefix)
+        if problem:
+            raise ValueError(f"--data-path: {problem}")
     return prefixes, weights
 
 
@@ -122,7 +144,8 @@ def build_train_valid_test_datasets(
         train_prefixes = blend_per_split[0][0] if blend_per_split[0] else []
     if cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
-    config = GPTDatasetConfig(
+    config = DomainGPTDatasetConfig(
+        data_identities=data_identities(blend, blend_per_split),
         random_seed=seed,
         sequence_length=seq_length,
         blend=blend,
@@ -146,6 +169,20 @@ def build_train_valid_test_datasets(
 
 
 SPLIT_NAMES = ("train", "valid", "test")
+
+
+def data_identities(blend: Optional[Blend], blend_per_split: Optional[list[Optional[Blend]]]) -> dict[str, str]:
+    """prefix -> identity of its files, for every prefix of the blend(s), as global rank 0 sees them.
+
+    Every rank keys the cache on rank 0's view, the one whose indices megatron-core builds (rank 0
+    builds, the others load), even where nodes hold copies of the data with other timestamps."""
+    prefixes = sorted({p for b in [blend, *(blend_per_split or [])] if b for p in b[0]})
+    identities = {prefix: dataset_identity(prefix) for prefix in prefixes}
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shared = [identities]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        identities = shared[0]
+    return identities
 
 
 def _skip_unused_splits(config: GPTDatasetConfig, samples: Sequence[Optional[int]]) -> None:

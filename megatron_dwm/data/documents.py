@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from dataclasses import dataclass
@@ -64,7 +65,10 @@ def parse_document(
 
 
 def load_record(data: bytes) -> dict | Rejection:
-    """Decode and parse one line into a JSON object."""
+    """Decode and parse one line into a JSON object. A UTF-8 byte order mark before it (at the start
+    of a file, or of a line where files were concatenated) is not part of the record: dropped."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     try:
         line = data.decode("utf-8")
     except UnicodeDecodeError as error:

@@ -1,8 +1,11 @@
 """Write a Megatron indexed dataset (``.bin``/``.idx``) atomically.
 
-megatron-core's ``IndexedDatasetBuilder`` writes to temporary names; :meth:`commit` renames them
-into place only once both are complete, removing any stale ``.idx`` first, so an interrupted run
-never leaves a ``.bin``/``.idx`` pair that looks finished.
+megatron-core's ``IndexedDatasetBuilder`` writes to temporary names; :meth:`commit` flushes both
+to disk and renames them into place only once both are complete: any older ``.idx`` is removed
+first, the ``.bin`` is renamed, the ``.idx`` last. A run interrupted at any point leaves the old
+pair, or a ``.bin`` without ``.idx``, or the new pair: never a ``.bin``/``.idx`` pair that does not
+belong together. Whether existing outputs may be replaced at all is the caller's decision
+(``--overwrite``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class AtomicIndexedWriter:
     def commit(self) -> None:
         """Finish the index and move both files to their final names."""
         self._builder.finalize(self._tmp_idx)
+        for path in (self._tmp_bin, self._tmp_idx):
+            _flush_to_disk(path)
         final_bin, final_idx = get_bin_path(self.path_prefix), get_idx_path(self.path_prefix)
         if os.path.exists(final_idx):
             os.remove(final_idx)
@@ -58,3 +63,9 @@ class AtomicIndexedWriter:
         for path in (self._tmp_bin, self._tmp_idx):
             if os.path.exists(path):
                 os.remove(path)
+
+
+def _flush_to_disk(path: str) -> None:
+    """fsync a finished file, so that a crash after its rename cannot leave it short."""
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())

@@ -41,6 +41,7 @@ class PreprocessConfig:
     workers: int = 1
     split_by_domain: bool = False
     strict: bool = False
+    overwrite: bool = False  # replace existing outputs (else they are refused before any work)
     chunk_size: int = 64
     log_interval: int = 100_000
     max_reported: int = 100  # rejections printed one by one; all are counted
@@ -194,7 +195,32 @@ def _validate(config: PreprocessConfig) -> tuple[list[str], TextTokenizer]:
         raise PreprocessError(f"--output-prefix {config.output_prefix!r}: {error}") from error
     if not os.access(out_dir, os.W_OK):
         raise PreprocessError(f"--output-prefix {config.output_prefix!r}: {out_dir} is not writable")
+    if not config.overwrite:
+        refuse_existing(existing_outputs(config))
     return files, tokenizer
+
+
+def existing_outputs(config: PreprocessConfig) -> list[str]:
+    """Output files already on disk that this run could replace: its ``.bin``/``.idx``; with
+    ``--split-by-domain`` every ``*_<key>_document.{bin,idx}`` in the output directory (the domains
+    are known only once the input is read)."""
+    if not config.split_by_domain:
+        prefixes = [output_prefix_for(config.output_prefix, key, None) for key in config.json_keys]
+        return [path for prefix in prefixes for path in (prefix + ".bin", prefix + ".idx") if os.path.lexists(path)]
+    if not os.path.isdir(config.output_prefix):
+        return []
+    endings = tuple(f"_{key}_document{suffix}" for key in config.json_keys for suffix in (".bin", ".idx"))
+    return sorted(os.path.join(config.output_prefix, name) for name in os.listdir(config.output_prefix)
+                  if name.endswith(endings))
+
+
+def refuse_existing(paths: list[str], shown: int = 10) -> None:
+    """Raise PreprocessError naming existing outputs: data is never replaced without --overwrite."""
+    if not paths:
+        return
+    named = ", ".join(paths[:shown]) + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
+    raise PreprocessError(f"{named} already exist{'s' if len(paths) == 1 else ''}; nothing was written "
+                          "(pass --overwrite to replace, or choose another --output-prefix)")
 
 
 def _consume(record, config, tokenizer, stats, writers, progress) -> None:

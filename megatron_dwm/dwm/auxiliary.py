@@ -73,7 +73,10 @@ class RemoteDWM:
                 keep_graph: bool) -> list[torch.Tensor]:
         self.iteration = iteration
         if self.is_leader:
-            self.channel.send_many(self.dwm_ranks, Message(Command.REQUEST, iteration))
+            try:
+                self.channel.send_many(self.dwm_ranks, Message(Command.REQUEST, iteration))
+            except ExchangeError as error:
+                raise _no_weights(iteration, error) from None
             record = self._receive(self.dwm_ranks[0], Command.RECORD, iteration).floats
             n = (record.numel() - 1) // 3
             self.last = GlobalBatchWeights(record[:n].float(), record[n: 2 * n].long(), record[2 * n: 3 * n].long(),
@@ -91,10 +94,15 @@ class RemoteDWM:
         try:
             message = self.channel.receive(src, expect=command)
         except ExchangeError as error:
-            raise ExchangeError(f"no weights for iteration {iteration}: {error}. The training ranks stop rather than "
-                                "train on stale weights; see that rank's log (--dwm-exchange-timeout sets the "
-                                "time limit)") from None
+            raise _no_weights(iteration, error) from None
         if message.iteration != iteration:
             raise ExchangeError(f"{self.channel.describe(src)} sent the weights of iteration {message.iteration} "
                                 f"for iteration {iteration}")
         return message
+
+
+def _no_weights(iteration: int, error: ExchangeError) -> ExchangeError:
+    """The error of a training rank that could not get the weights of `iteration` (0-based: the
+    iterations done before it) from a DWM rank; it names the iteration as the log lines do."""
+    return ExchangeError(f"no weights for iteration {iteration + 1}: {error}. The training ranks stop rather than "
+                         "train on stale weights; see that rank's log (--dwm-exchange-timeout sets the time limit)")

@@ -52,6 +52,10 @@ class FiniteDifference:
     epsilon: float
     direction_norm: float
     finite: bool
+    # The finite difference's resolution: how much g_i moves when l_i^+ or l_i^- moves by one unit in
+    # the last place of the loss's dtype (the largest over the batch). Two computations of the same
+    # hypergradient whose parameters differ only in their last bits can differ by a few of these.
+    resolution: float = math.nan
 
 
 @torch.no_grad()
@@ -89,6 +93,14 @@ def finite_difference_hypergradient(model: BilevelModel, learning_rate: float, b
     if losses_plus is None:
         return FiniteDifference(None, epsilon, norm, True)
     # 6. g_i = -(eta / n) (l_i^+ - l_i^-) / (2 eps)
-    g = -(learning_rate / batch_size) * (losses_plus.double() - losses_minus.double()) / (2.0 * epsilon)
+    scale = -(learning_rate / batch_size) / (2.0 * epsilon)
+    g = scale * (losses_plus.double() - losses_minus.double())
     finite = bool(torch.isfinite(g).all())
-    return FiniteDifference(g.float() if finite else None, epsilon, norm, finite)
+    resolution = abs(scale) * max(_ulp(losses_plus), _ulp(losses_minus)) if finite else math.nan
+    return FiniteDifference(g.float() if finite else None, epsilon, norm, finite, resolution)
+
+
+def _ulp(values: torch.Tensor) -> float:
+    """The largest unit in the last place of `values` (in their own dtype)."""
+    largest = values.detach().abs().max()
+    return float(torch.nextafter(largest, torch.tensor(math.inf, dtype=largest.dtype)) - largest)

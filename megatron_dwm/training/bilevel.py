@@ -31,7 +31,8 @@ class MegatronBilevel:
         self.loss = loss
         self.train_batch = train_batch
         self.valid_batch = valid_batch
-        self._adam = AdamPreconditioner(optimizer) if direction == "adam" else None
+        names = {id(param): name for name, param in model.named_parameters()}
+        self._adam = AdamPreconditioner(optimizer, names) if direction == "adam" else None
         self._parameters = [param for param in model.parameters() if param.requires_grad]
         self.valid_loss: float | None = None
 
@@ -39,6 +40,10 @@ class MegatronBilevel:
         return self._parameters
 
     def validation_gradient(self) -> Sequence[torch.Tensor]:
+        # megatron-core's fp32 optimizer step leaves each parameter's .grad aliasing its DDP main_grad:
+        # backward would then accumulate into that buffer and DDP's hook add the result once more
+        # (the first micro batch counted twice). Clear them, as a training step does.
+        self.optimizer.zero_grad()
         self.model.zero_grad_buffer()
         collected = run_global_batch(self.model, self.valid_batch, None, self.loss)
         if collected is not None:
@@ -66,15 +71,20 @@ class MegatronBilevel:
 
 
 class AdamPreconditioner:
-    """Adam's ``1 / (sqrt(v_hat) + eps)`` for each model parameter (its fp32 main copy's state under bf16).
+    """Adam's ``1 / (sqrt(v_hat) + eps)`` for each model parameter (its fp32 main copy's state under bf16),
+    with ``v_hat = exp_avg_sq / (1 - beta2 ** step)``.
 
     Ours: ``v_hat`` is floored at the validation gradient's square, ``max(v_hat, v^2)``, so every
     element of ``d = P v`` is at most 1 in size. Without the floor a parameter Adam has barely
     seen (an embedding row first met in the validation batch: ``v_hat ~ 0``, ``P ~ 1 / eps``)
     dominates ``d``, ``eps = r / ||d||`` collapses, and the finite difference drowns in rounding.
+
+    A parameter without Adam state (the optimizer has not stepped it) is an error: ``v_hat = 0``
+    would silently turn the direction into ``v / (|v| + eps)``.
     """
 
-    def __init__(self, optimizer) -> None:
+    def __init__(self, optimizer, names: dict[int, str] | None = None) -> None:
+        self.names = names or {}  # id(model parameter) -> its name, for error messages
         self.main_of: dict[int, torch.Tensor] = {}  # bf16: the fp32 copy Adam steps; fp32: the parameter itself
         self.group_of: dict[int, tuple[dict, dict]] = {}  # id(main parameter) -> (its group, its optimizer's state)
         for megatron_optimizer in getattr(optimizer, "chained_optimizers", [optimizer]):  # megatron-core chains them
@@ -90,8 +100,16 @@ class AdamPreconditioner:
         main = self.main_of.get(id(param), param)
         group, states = self.group_of[id(main)]
         state = states.get(main, {})
-        v_hat = torch.zeros_like(gradient, dtype=torch.float32)
-        if "exp_avg_sq" in state:
-            step = float(state["step"])
-            v_hat = (state["exp_avg_sq"] / (1.0 - group["betas"][1] ** step)).view_as(gradient)
+        step = _adam_step(state, group)
+        if "exp_avg_sq" not in state or not step:
+            name = self.names.get(id(param), f"of shape {tuple(param.shape)}")
+            raise RuntimeError(f"--dwm-fd-direction adam: the optimizer holds no Adam state for parameter {name} "
+                               "(it has not stepped it); use --dwm-fd-direction grad or check the optimizer")
+        v_hat = (state["exp_avg_sq"].float() / (1.0 - group["betas"][1] ** step)).view_as(gradient)
         return 1.0 / (torch.maximum(v_hat, gradient.float() ** 2).sqrt() + group["eps"])
+
+
+def _adam_step(state: dict, group: dict) -> float:
+    """How many steps Adam has taken: torch's Adam keeps the count per parameter, Transformer
+    Engine's and Apex's FusedAdam (megatron-core's choice on GPU) per parameter group."""
+    return float(state.get("step", group.get("step", 0)))

@@ -8,7 +8,9 @@
 
 A distributed checkpoint is independent of TP/PP: it is written from any parallel layout and read
 into any other (megatron-core reshards on load). Writes are atomic: the directory is written under
-a temporary name, renamed when complete, and only then does the tracker file name it.
+a temporary name, renamed when complete, and only then does the tracker file name it. A checkpoint
+is never replaced: writing an iteration whose directory exists is an error. Loads check the
+checkpoint's files first and name the directory in any error.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,21 @@ from megatron.core.optimizer import MegatronOptimizer
 from megatron.core.transformer.module import MegatronModule
 
 from megatron_dwm.checkpoint_layout import (  # noqa: F401 - re-exported
+    LOAD_ERRORS,
     RELEASE,
     TRACKER_FILE,
+    CheckpointError,
+    check_save_dir,
     checkpoint_name,
+    checkpoint_problem,
+    describe_error,
+    find_checkpoint,
+    iteration_dirs,
     latest_checkpoint_dir,
+    load_common,
     read_checkpoint_common,
     read_tracker,
+    resume_hint,
 )
 from megatron_dwm.model.presets import LlamaArch
 
@@ -85,9 +96,12 @@ def checkpoint_common(iteration: int | str, model: MegatronModule | list[Megatro
 
 def write_checkpoint(root: str | os.PathLike, iteration: int | str, state: dict[str, Any]) -> Path:
     """Save this rank's sharded `state` (its plain entries are the common state) atomically as the
-    checkpoint of `iteration` under `root`; collective over the world."""
+    checkpoint of `iteration` under `root`; collective over the world. An existing checkpoint of
+    that iteration is never replaced (CheckpointError on every rank, before anything is written)."""
     root = Path(root)
     final = root / checkpoint_name(iteration)
+    if final.exists():
+        raise CheckpointError(f"{final} already exists; a checkpoint is never replaced")
     staging = root / f".{final.name}.incomplete"
     rank0 = dist.get_rank() == 0
     if rank0:
@@ -99,12 +113,8 @@ def write_checkpoint(root: str | os.PathLike, iteration: int | str, state: dict[
     dist_checkpointing.save(state, str(staging), preprocess_common_before_consistancy_check=_without_optimizer)
     dist.barrier()
     if rank0:
-        previous = root / f".{final.name}.replaced"
-        if final.exists():
-            os.replace(final, previous)
         os.replace(staging, final)
         _write_atomically(root / TRACKER_FILE, str(iteration))
-        shutil.rmtree(previous, ignore_errors=True)
     dist.barrier()
     return final
 
@@ -123,6 +133,34 @@ def component_shards(components: dict[str, tuple[Any, int]], names: list[str] | 
             if component is not None and (names is None or name in names)}
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """The checkpoint a run starts from, found and checked before anything is built."""
+
+    path: Path
+    common: dict[str, Any]  # its common state
+    model_only: bool  # release, --finetune or no progress saved: the weights only, from iteration 0
+
+    @property
+    def iteration(self) -> int:
+        """The iteration the run starts at (its first checkpoint is newer)."""
+        return 0 if self.model_only else int(self.common["progress"]["iteration"])
+
+
+def find_resume_point(load: str | os.PathLike, ckpt_step: int | None = None,
+                      finetune: bool = False) -> ResumePoint | None:
+    """The checkpoint ``--load [--ckpt-step] [--finetune]`` starts from (None: a first run); its
+    files and common state are checked (CheckpointError naming the path otherwise)."""
+    path = find_checkpoint(load, ckpt_step)
+    if path is None:
+        return None
+    common = load_common(path)
+    if "arch" not in common:
+        raise CheckpointError(f"--load {load}: {path} is not a megatron-dwm checkpoint (no 'arch' in its common state)")
+    release = path.name == RELEASE or common.get("iteration") == RELEASE
+    return ResumePoint(path, common, model_only=release or finetune or "progress" not in common)
+
+
 def load_checkpoint(
     root: str | os.PathLike,
     model: MegatronModule | list[MegatronModule],
@@ -130,12 +168,13 @@ def load_checkpoint(
     optimizer: MegatronOptimizer | None = None,
     sharded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Load the newest complete checkpoint under `root` into `model` (any TP/PP) and `optimizer`.
+    """Load the newest complete checkpoint under `root` (or the checkpoint directory `root`) into
+    `model` (any TP/PP) and `optimizer`.
 
     Returns the checkpoint's common state plus the loaded `sharded` entries (by their keys).
     """
     path = latest_checkpoint_dir(root)
-    state = dist_checkpointing.load(_training_state_dict(model, optimizer, sharded, is_loading=True), str(path))
+    state = load_sharded(_training_state_dict(model, optimizer, sharded, is_loading=True), path)
     chunks = _model_chunks(model)
     keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
     for key, chunk in zip(keys, chunks):
@@ -143,6 +182,15 @@ def load_checkpoint(
     if optimizer is not None:
         optimizer.load_state_dict(state.pop("optimizer"))
     return state
+
+
+def load_sharded(state: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """megatron-core's load of `state` from the checkpoint directory `path` (collective); any error is
+    re-raised as a CheckpointError naming the directory."""
+    try:
+        return dist_checkpointing.load(state, str(path))
+    except LOAD_ERRORS as error:
+        raise CheckpointError(f"{path}: cannot be loaded ({describe_error(error)})") from error
 
 
 def _training_state_dict(model, optimizer, sharded, is_loading: bool) -> dict[str, Any]:
@@ -159,25 +207,30 @@ _write_results_queue_started = False
 
 
 def start_write_results_queue() -> None:
-    """Start the helper process of megatron-core's checkpoint writer now, immune to stop signals.
+    """Start the helper process of megatron-core's checkpoint writer now, immune to stop signals and
+    bound to this process.
 
     megatron-core collects write results through a queue served by a helper process, started on
     the first save. Pre-emption (SLURM) sends SIGTERM to every process of the job, and a helper
     killed by it would make the very save that the signal asks for fail; so the helper is started
-    with SIGTERM and SIGUSR1 ignored (a disposition it keeps), before training. On CPU it is forked
-    (spawning it costs seconds: it imports torch). Later calls do nothing, so no save opens a window
-    in which a stop signal would be ignored.
+    with SIGTERM and SIGUSR1 ignored (a disposition it keeps), before training. Since no stop signal
+    ends it, it must end with this process: it is forked (as Megatron-LM's own training does; it never
+    touches CUDA, and spawning it would cost seconds of imports) after
+    :func:`~megatron_dwm.training.child_processes.bind_children_to_this_process`, so it is SIGKILLed
+    when this process dies, however it dies. Later calls do nothing, so no save opens a window in
+    which a stop signal would be ignored.
     """
     global _write_results_queue_started
     if _write_results_queue_started:
         return
     from megatron.core.dist_checkpointing.strategies.filesystem_async import get_write_results_queue
 
-    from megatron_dwm.platform import get_platform
+    from megatron_dwm.training.child_processes import bind_children_to_this_process
 
+    bind_children_to_this_process()
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGUSR1)}
     try:
-        get_write_results_queue("fork" if get_platform().device.type == "cpu" else "spawn")
+        get_write_results_queue("fork")
         _write_results_queue_started = True
     finally:
         for sig, handler in previous.items():

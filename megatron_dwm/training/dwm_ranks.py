@@ -18,7 +18,6 @@ import argparse
 import time
 
 import torch
-from megatron.core import dist_checkpointing
 
 from megatron_dwm.data import build_pretraining_data_loader, build_tokenizer
 from megatron_dwm.dwm.auxiliary import RemoteDWM, replicas_of, serving_dwm_index, weight_messages
@@ -135,7 +134,7 @@ class DWMRankServer:
 
     def _load(self, message: Message) -> None:
         path, names, load_optimizer = message.obj
-        state = dist_checkpointing.load(checkpointing.component_shards(self._components(), names), path)
+        state = checkpointing.load_sharded(checkpointing.component_shards(self._components(), names), path)
         if f"components/{DWM_COMPONENT}" in state:
             self.copy.load_state_dict(state[f"components/{DWM_COMPONENT}"], load_optimizer=load_optimizer)
 

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 # Non-finite floats are not JSON; they are written as these strings and read back as floats.
+# Scalars measured with the wall clock: the only ones two runs of the same steps may disagree on.
+WALL_CLOCK_METRICS = frozenset({"elapsed time per iteration (ms)", "throughput per GPU (TFLOP/s/GPU)",
+                                "tokens per second", "samples per second", "MFU", "dwm/weights time (ms)"})
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -32,22 +35,30 @@ class MetricsWriter:
 
     JSONL lines are `{"iteration": i, **scalars}`, floats in full precision (they read back
     bit-exactly), NaN and +-Inf as the strings "NaN", "Infinity", "-Infinity". Every line is
-    flushed; TensorBoard events are flushed on SummaryWriter's schedule (2 min) and by close(). An existing file is appended to (a resumed run); a partial last line left by a
-    killed run is cut off first. Iterations logged after the checkpoint a run resumes from
-    appear twice; readers should keep the last record of an iteration.
+    flushed; TensorBoard events are flushed on SummaryWriter's schedule (2 min) and by close(). An
+    existing file is appended to (a resumed run); a partial last line left by a killed run is cut
+    off first. `start_iteration` (the iteration a run starts at: 0, or the checkpoint it resumes
+    from) keeps one history: JSONL records of later iterations, logged by a run whose later state
+    was not kept, are moved to `<stem>.superseded.jsonl` (:func:`set_aside_records_after`), and
+    TensorBoard hides its events of those iterations (SummaryWriter's `purge_step`).
     """
 
-    def __init__(self, tensorboard_dir: str | None, jsonl_path: str | None) -> None:
+    def __init__(self, tensorboard_dir: str | None, jsonl_path: str | None,
+                 start_iteration: int | None = None) -> None:
         self._tensorboard = None
         self._jsonl = None
+        self.set_aside = 0  # records of later iterations moved out of the JSONL file
         if tensorboard_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=tensorboard_dir)
+            purge_step = None if start_iteration is None else start_iteration + 1
+            self._tensorboard = SummaryWriter(log_dir=tensorboard_dir, purge_step=purge_step)
         if jsonl_path is not None:
             path = Path(jsonl_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             _drop_partial_last_line(path)
+            if start_iteration is not None:
+                self.set_aside = set_aside_records_after(path, start_iteration)
             self._jsonl = open(path, "a", encoding="utf-8")
 
     def write(self, iteration: int, scalars: dict[str, float]) -> None:
@@ -89,6 +100,39 @@ def _drop_partial_last_line(path: Path) -> None:
             f.write(b"\n")
         except ValueError:
             f.truncate(start)
+
+
+def superseded_path(path: str | os.PathLike) -> Path:
+    """Where :func:`set_aside_records_after` moves records: ``metrics.jsonl`` -> ``metrics.superseded.jsonl``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.superseded{path.suffix}")
+
+
+def set_aside_records_after(path: str | os.PathLike, iteration: int) -> int:
+    """Move the records of iterations after `iteration` from the JSON-lines file `path` to the end of
+    :func:`superseded_path`; returns how many moved. Nothing is lost: they are appended there before
+    `path` is replaced (atomically) by its other lines."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    keep, later = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        logged_at = record.get("iteration") if isinstance(record, dict) else None
+        is_later = isinstance(logged_at, int) and logged_at > iteration
+        (later if is_later else keep).append(line if line.endswith("\n") else line + "\n")
+    if later:
+        with open(superseded_path(path), "a", encoding="utf-8") as file:
+            file.writelines(later)
+            file.flush()
+            os.fsync(file.fileno())
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(later)
 
 
 def read_metrics(jsonl_path: str | os.PathLike) -> list[dict]:

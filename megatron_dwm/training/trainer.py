@@ -17,11 +17,12 @@ import contextlib
 import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
-from megatron.core import dist_checkpointing, parallel_state
+from megatron.core import parallel_state
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -45,7 +46,7 @@ from megatron_dwm.training.faults import (
 )
 from megatron_dwm.training.flops import model_flops_utilization, num_floating_point_operations, peak_flops_per_device
 from megatron_dwm.training.loss import WeightedLoss
-from megatron_dwm.training.metrics import MetricsWriter, format_log_line
+from megatron_dwm.training.metrics import MetricsWriter, format_log_line, set_aside_records_after, superseded_path
 from megatron_dwm.training.progress import TrainingProgress
 from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, set_rng_state, sharded_rng_state
 from megatron_dwm.training.step import run_global_batch
@@ -74,6 +75,8 @@ class Trainer:
         self.components: dict[str, tuple[Stateful | None, int]] = {}  # name -> (component or None, replica id)
         self.deadline = Deadline(args.exit_duration_in_mins)
         self._signals: StopSignalHandler | None = None  # installed while train() runs
+        self._loaded_rng_state: dict[str, Any] | None = None  # the checkpoint's random states, restored last
+        resume, dwm_source = self._check_checkpoints()  # before anything is built or written
 
         tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
         self.arch, self.padded_vocab = llm_arch(args, tokenizer)
@@ -95,10 +98,10 @@ class Trainer:
         self.dwm_ranks = DWMRanksLink(args, context) if context.layout.dwm_ranks else None
         self.weighting = self._build_weighting()
 
-        if args.dwm_load:
-            self._load_dwm(args.dwm_load)
-        if args.load:
-            self.load(args.load)
+        if dwm_source is not None:
+            self._load_dwm(dwm_source)
+        if resume is not None:
+            self.load(resume)
         if args.save:
             checkpointing.start_write_results_queue()
         if self.dwm_ranks:
@@ -108,8 +111,15 @@ class Trainer:
                                                             args.global_batch_size)
         self.peak_flops = peak_flops_per_device(torch.cuda.get_device_name(), args.bf16) \
             if self.device.type == "cuda" else None
-        self.metrics = MetricsWriter(args.tensorboard_dir, self._metrics_path()) if self.is_logging_rank else None
+        self.metrics = MetricsWriter(args.tensorboard_dir, self._metrics_path(), self.progress.iteration) \
+            if self.is_logging_rank else None
+        if self.is_logging_rank:
+            self._set_aside_later_records()
         self._interval = _IntervalStats(len(self.data.domains))
+        if self._loaded_rng_state is not None:
+            # Last: building the data loaders draws from torch's generator, as it did at the start of
+            # the run that saved these states; the streams continue where that run's stopped.
+            set_rng_state(self._loaded_rng_state)
 
     # -- state -------------------------------------------------------------------------------
     def register_state(self, name: str, component: Stateful | None, replica_id: int = 0) -> None:
@@ -147,32 +157,61 @@ class Trainer:
         print_rank0(f"saved checkpoint at iteration {self.progress.iteration:7d} to {path} "
                     f"in {time.time() - start:.2f} s")
 
-    def load(self, root: str) -> None:
-        """Resume from the newest complete checkpoint under `root` (a fresh start if there is none)."""
-        try:
-            common = checkpointing.read_checkpoint_common(root)
-        except FileNotFoundError:
-            print_rank0(f"no checkpoint found under --load {root}: training from scratch")
-            return
-        self._check_arch(common["arch"], root)
-        release = common.get("iteration") == checkpointing.RELEASE
-        model_only = release or self.args.finetune or "progress" not in common
+    def _check_checkpoints(self) -> tuple[checkpointing.ResumePoint | None, Path | None]:
+        """The checkpoint --load starts from (None: a first run) and the one --dwm-load reads, both
+        checked to be complete; and --save must hold no checkpoint this run could replace. Raises
+        CheckpointError naming the path otherwise, before anything is built or written."""
+        args = self.args
+        resume = checkpointing.find_resume_point(args.load, args.ckpt_step, args.finetune) if args.load else None
+        if args.load and resume is None:
+            print_rank0(f"no checkpoint under --load {args.load} (no {checkpointing.TRACKER_FILE}, no iter_*): "
+                        "training from scratch")
+        elif resume is not None and args.ckpt_step is None:
+            tracker = checkpointing.read_tracker(args.load)
+            if tracker is not None and checkpointing.checkpoint_name(tracker) != resume.path.name:
+                print_rank0(f"{Path(args.load) / checkpointing.TRACKER_FILE} names {tracker}, but {resume.path} is "
+                            "newer and complete: resuming from it")
+        dwm_source = self._dwm_checkpoint(args.dwm_load) if args.dwm_load and not args.dwm_disable else None
+        if args.save:
+            checkpointing.check_save_dir(args.save, resume and resume.path, resume.iteration if resume else 0)
+        return resume, dwm_source
+
+    @staticmethod
+    def _dwm_checkpoint(root: str) -> Path:
+        """--dwm-load's checkpoint: the newest complete one under `root`, holding a DWM."""
+        path = checkpointing.find_checkpoint(root, flag="--dwm-load")
+        if path is None:
+            raise checkpointing.CheckpointError(f"--dwm-load {root}: no checkpoint there (no "
+                                                f"{checkpointing.TRACKER_FILE}, no iter_*)")
+        if DWM_COMPONENT not in checkpointing.load_common(path).get("components", []):
+            raise checkpointing.CheckpointError(f"--dwm-load {root}: {path} holds no DWM (its run had none, "
+                                                "e.g. --dwm-disable)")
+        return path
+
+    def load(self, resume: checkpointing.ResumePoint) -> None:
+        """Resume from the checkpoint that :meth:`_check_checkpoints` found."""
+        common, path, model_only = resume.common, resume.path, resume.model_only
+        self._check_arch(common["arch"], path)
         load_optim = not model_only and not self.args.no_load_optim
         sizes, _ = rank_coordinates()
         same_layout = tuple(common.get("rng_layout", ())) == tuple(sizes)
         load_rng = not model_only and not self.args.no_load_rng and same_layout
         saved = [] if model_only else [name for name in common.get("components", []) if name in self.components]
         if self.dwm_ranks:
-            self.dwm_ranks.load(checkpointing.latest_checkpoint_dir(root), saved, load_optimizer=True)
-        state = checkpointing.load_checkpoint(
-            root, self.model, optimizer=self.optimizer if load_optim else None,
-            sharded={**(sharded_rng_state() if load_rng else {}), **self._component_shards(saved)})
+            self.dwm_ranks.load(path, saved, load_optimizer=True)
+        try:
+            state = checkpointing.load_checkpoint(
+                path, self.model, optimizer=self.optimizer if load_optim else None,
+                sharded={**(sharded_rng_state() if load_rng else {}), **self._component_shards(saved)})
+        except checkpointing.CheckpointError as error:  # complete, but its bytes are not what they were
+            raise checkpointing.CheckpointError(
+                f"--load {self.args.load}: {error}.{checkpointing.resume_hint(path.parent, bad=path)}") from error
         for name in saved:
             component = self.components[name][0]
             if component is not None:
                 component.load_state_dict(state[f"components/{name}"])
         if load_rng:
-            set_rng_state(state[RNG_KEY])
+            self._loaded_rng_state = state[RNG_KEY]  # set once the data loaders have drawn their seeds
         elif not model_only and not self.args.no_load_rng:
             print_rank0(f"checkpoint layout (PP, TP, DP) {tuple(common.get('rng_layout', ()))} differs from this "
                         f"run's {tuple(sizes)}: random states start from --seed")
@@ -181,7 +220,7 @@ class Trainer:
             if load_optim:
                 self.scheduler.load_state_dict(common["scheduler"])
         what = "model" if model_only else "model, progress" + (", optimizer" if load_optim else "")
-        print_rank0(f"loaded {what} from {checkpointing.latest_checkpoint_dir(root)} "
+        print_rank0(f"loaded {what} from {path} "
                     f"(iteration {self.progress.iteration}, consumed samples {self.progress.consumed_train_samples})")
 
     def _build_weighting(self):
@@ -197,37 +236,31 @@ class Trainer:
             dwm = remote_dwm(args, self.context, parallel_state.get_data_parallel_rank(), self.device)
         else:
             dwm = build_dwm(args, self.padded_vocab, self.device, parallel_state.get_data_parallel_group())
-        samples_log = None
-        if self.is_logging_rank and self._metrics_path():
-            samples_log = os.path.join(os.path.dirname(os.path.abspath(self._metrics_path())), "dwm_samples.jsonl")
+        samples_log = self._samples_log_path() if self.is_logging_rank else None
         weighting = DWMWeighting(args, schedule, dwm, samples_log)
         replica = (parallel_state.get_tensor_model_parallel_rank() * parallel_state.get_data_parallel_world_size()
                    + parallel_state.get_data_parallel_rank())
         self.register_state(DWM_COMPONENT, None if self.dwm_ranks else dwm, replica_id=replica)  # or the DWM ranks'
         return weighting
 
-    def _load_dwm(self, root: str) -> None:
-        """--dwm-load: the DWM alone from another run's newest checkpoint (any size of LLM)."""
-        if not isinstance(self.weighting, DWMWeighting):
-            return
-        path = checkpointing.latest_checkpoint_dir(root)
-        if DWM_COMPONENT not in dist_checkpointing.load_common_state_dict(str(path)).get("components", []):
-            raise ValueError(f"--dwm-load {root}: {path} holds no DWM")
+    def _load_dwm(self, path: Path) -> None:
+        """--dwm-load: the DWM alone from another run's checkpoint `path` (any size of LLM)."""
         key = f"components/{DWM_COMPONENT}"
         if self.dwm_ranks:
             self.dwm_ranks.load(path, [DWM_COMPONENT], load_optimizer=not self.args.dwm_freeze)
-        state = dist_checkpointing.load(self._component_shards([DWM_COMPONENT]), str(path))
+        state = checkpointing.load_sharded(self._component_shards([DWM_COMPONENT]), path)
         if key in state:
             self.weighting.dwm.load_state_dict(state[key], load_optimizer=not self.args.dwm_freeze)
         print_rank0(f"loaded the DWM from {path}" + (" (frozen)" if self.args.dwm_freeze else ""))
 
-    def _check_arch(self, saved: dict[str, Any], root: str) -> None:
+    def _check_arch(self, saved: dict[str, Any], root: Path) -> None:
         mismatched = [f"{key}: checkpoint {saved[key]}, this run {getattr(self.arch, key)}"
                       for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                                   "num_query_groups", "kv_channels", "vocab_size")
                       if key in saved and saved[key] != getattr(self.arch, key)]
         if mismatched:
-            raise ValueError(f"--load {root}: the checkpoint's model differs from this run's: " + "; ".join(mismatched))
+            raise checkpointing.CheckpointError(f"--load {root}: the checkpoint's model differs from this run's: "
+                                                + "; ".join(mismatched))
 
     # -- one iteration -----------------------------------------------------------------------
     def train_step(self) -> tuple[bool, Any]:
@@ -380,6 +413,22 @@ class Trainer:
             return self.args.metrics_file
         directory = self.args.tensorboard_dir or self.args.save
         return os.path.join(directory, "metrics.jsonl") if directory else None
+
+    def _set_aside_later_records(self) -> None:
+        """One history: what a replaced run logged after this run's start moves to *.superseded.jsonl."""
+        moved = {self._metrics_path(): self.metrics.set_aside}
+        if self._samples_log_path():
+            moved[self._samples_log_path()] = set_aside_records_after(self._samples_log_path(), self.progress.iteration)
+        for path, count in moved.items():
+            if count:
+                print(f"moved {count} records of iterations after {self.progress.iteration} from {path} to "
+                      f"{superseded_path(path)} (logged by a run this one replaces)", flush=True)
+
+    def _samples_log_path(self) -> str | None:
+        """dwm_samples.jsonl, beside the metrics file (the DWM's per-sample weights)."""
+        if self.args.dwm_disable or not self._metrics_path():
+            return None
+        return os.path.join(os.path.dirname(os.path.abspath(self._metrics_path())), "dwm_samples.jsonl")
 
     def _build_scheduler(self) -> OptimizerParamScheduler:
         """Megatron-LM's sample-based schedule: every step counts `global batch size` samples."""

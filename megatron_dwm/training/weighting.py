@@ -79,6 +79,7 @@ class DWMWeighting:
         self.fd_skipped = 0
         self.weights_seconds: list[float] = []  # per iteration: the DWM's forward, or the wait for the DWM ranks
         self._last_hypergradient: torch.Tensor | None = None
+        self._last_resolution = math.nan
 
     def weights(self, microbatches, iteration: int) -> list[torch.Tensor] | None:
         if self.dwm is None:
@@ -110,6 +111,7 @@ class DWMWeighting:
             self.valid_losses.append(bilevel.valid_loss)
         if result.finite and result.hypergradient is not None:
             self._last_hypergradient = result.hypergradient.detach().double()
+            self._last_resolution = result.resolution
             self.dwm.apply_hypergradient(result.hypergradient)
         else:
             self.fd_skipped += 1
@@ -161,6 +163,7 @@ class DWMWeighting:
         }
         if self._last_hypergradient is not None:
             record["hypergradient"] = self._last_hypergradient.tolist()
+            record["hypergradient_resolution"] = self._last_resolution
         os.makedirs(os.path.dirname(os.path.abspath(self.samples_log)), exist_ok=True)
         with open(self.samples_log, "a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")

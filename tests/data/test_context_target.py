@@ -102,7 +102,7 @@ def test_bad_examples_are_reported_and_strict_fails(tmp_path, spm_model):
     assert [(r.line_no, r.reason) for r in stats.rejections] == [(2, "no_context"), (3, "malformed_json")]
     assert stats.docs_in == 4 and stats.docs_written == 2
     with pytest.raises(PreprocessError, match=r"lambada.jsonl:2: no_context"):
-        _build(tmp_path, spm_model, records, strict=True)
+        _build(tmp_path, spm_model, records, strict=True, overwrite=True)
 
 
 def test_a_plain_indexed_dataset_is_refused_as_validation_set(tmp_path, spm_model):

@@ -85,7 +85,7 @@ def test_index_caches_go_to_the_cache_dir(corpus, spm_model, tmp_path):
 def test_a_single_prefix_has_domain_zero(corpus, spm_model, tmp_path):
     tokenizer = build_tokenizer("SentencePieceTokenizer", spm_model)
     data = build_train_valid_test_datasets([corpus["RedPajamaGithub"]], "1,0,0", SEQ, 1, tokenizer,
-                                           None, (20, None, None))
+                                           str(tmp_path / "cache"), (20, None, None))
     batch = next(iter(build_pretraining_data_loader(data.train, 0, 4, 0, 1)))
     assert batch["domain_id"].tolist() == [0, 0, 0, 0]
     assert data.domains == ["RedPajamaGithub"]

@@ -208,7 +208,7 @@ def test_failed_run_leaves_no_finished_looking_output(tmp_path, spm_model, monke
     monkeypatch.setattr(module, "_encode_line", interrupted_encode)
     write_jsonl(tmp_path / "a.jsonl", docs + [{"text": "kill-here"}])
     with pytest.raises(KeyboardInterrupt):
-        preprocess(_config([tmp_path / "a.jsonl"], tmp_path / "out", spm_model, chunk_size=1))
+        preprocess(_config([tmp_path / "a.jsonl"], tmp_path / "out", spm_model, chunk_size=1, overwrite=True))
     # while running, the new data existed only under temporary names
     assert any(".bin.tmp-" in name for name in seen_during_run)
     # the interrupted run left the previous output untouched and no temporary files

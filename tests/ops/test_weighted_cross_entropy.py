@@ -8,6 +8,7 @@ from megatron_dwm.ops import per_sample_cross_entropy, select_loss_kernel, weigh
 from tests.ops.cases import (
     GRAD_TOLERANCE,
     LOSS_TOLERANCE,
+    LossCase,
     autograd_reference,
     random_case,
     relative_error,
@@ -147,3 +148,29 @@ def test_logits_that_are_not_rows_of_one_buffer_are_refused():
     vocab_strided = torch.randn(16, 5, 3).permute(1, 2, 0)  # [s, b, v]: rows mergeable, vocabulary stride 15
     with pytest.raises(ValueError, match="contiguous along the vocabulary"):
         weighted_cross_entropy(vocab_strided, labels, loss_mask)
+
+
+OUT_OF_VOCABULARY = (-100, -1, 2**31, 2**40)  # plus V and V + 7 (see below): no rank owns any of them
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_out_of_vocabulary_labels_on_masked_tokens_are_harmless(kernel, dtype):
+    """docs/ops.md: labels outside the vocabulary are harmless on masked tokens. The same batch with
+    such labels where the mask is 0 gives exactly the losses and gradient of in-vocabulary labels."""
+    case = random_case(101, dtype, vocab=37, max_seq=16, max_batch=4)
+    vocab = case.logits.shape[-1]
+    masked = case.loss_mask == 0
+    assert 0 < int(masked.sum()) < masked.numel()
+    bad = LossCase(case.seed, case.logits, case.labels.clone(), case.loss_mask, case.weights, case.normalizer)
+    choices = torch.tensor(OUT_OF_VOCABULARY + (vocab, vocab + 7))
+    bad.labels[masked] = choices[torch.arange(int(masked.sum())) % len(choices)]
+    good = LossCase(case.seed, case.logits, case.labels.clone(), case.loss_mask, case.weights, case.normalizer)
+    good.labels[masked] = 0
+
+    expected, actual = run_weighted_cross_entropy(good, kernel), run_weighted_cross_entropy(bad, kernel)
+    for name, want, got in zip(("loss", "per-sample loss", "logits gradient"), expected, actual):
+        assert torch.isfinite(got).all(), name
+        assert torch.equal(got, want), name
+    assert torch.equal(run_per_sample_cross_entropy(bad, kernel), run_per_sample_cross_entropy(good, kernel))
+    assert relative_error(actual[1], autograd_reference(good)[1]) <= LOSS_TOLERANCE

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import numpy
 
@@ -91,6 +92,9 @@ def make_corpus(directory: str, docs_per_domain: int = 120, seed: int = 0, noise
 def training_flags(corpus: dict[str, object], *extra: str, dwm: bool = False) -> list[str]:
     """A tiny Llama on the synthetic corpus; `extra` flags are appended (and win).
 
+    megatron-core's index caches go to a new directory for every call (beside the corpus), so no
+    job reads indices another test's job wrote (or left half-written when it was killed).
+
     `dwm`: a small DWM in 2 stages (DWM phases of 2 iterations) learning from the corpus's
     LAMBADA-style set; otherwise --dwm-disable."""
     dwm_flags = (["--dwm-valid-data-path", str(corpus["valid"]), "--dwm-stages", "2", "--dwm-update-iters", "2",
@@ -102,5 +106,6 @@ def training_flags(corpus: dict[str, object], *extra: str, dwm: bool = False) ->
         "--eval-iters", "1", "--num-workers", "0", "--seed", "7", *dwm_flags,
         "--data-path", *corpus["data_path"], "--split", "90,10,0",
         "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(corpus["tokenizer"]),
+        "--data-cache-path", tempfile.mkdtemp(prefix="index-cache-", dir=os.path.dirname(str(corpus["tokenizer"]))),
         *extra,
     ]

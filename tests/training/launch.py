@@ -14,31 +14,56 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from megatron_dwm.training.metrics import read_metrics
-from tests.distributed import free_port
+from tests.distributed import free_port, port_taken
 from tests.training import preloaded
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 class Job:
+    """The rank processes of one job. If rank 0 finds the rendezvous port taken (another process
+    bound it after `free_port` chose it), the job is started again on a new port, up to
+    `START_ATTEMPTS` times, when the test next waits for it (`wait`, `wait_until`): nothing has
+    run by then, since no rank gets past the rendezvous without rank 0."""
+
+    START_ATTEMPTS = 3
+
     def __init__(self, flags: Sequence[str], world_size: int, log_dir: Path,
                  script: Path = REPO / "pretrain_dwm.py", env: dict[str, str] | None = None) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        self.flags, self.world_size, self.script, self.env = list(flags), world_size, script, env or {}
         self.logs = [log_dir / f"rank{rank}.log" for rank in range(world_size)]
+        self.attempts = 0
+        self._start()
+
+    def _start(self) -> None:
+        port = free_port()
+        self.attempts += 1
         self.processes = []
-        for rank in range(world_size):
-            rank_env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                       OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO), **(env or {}))
+        for rank in range(self.world_size):
+            rank_env = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}  # `env` may set the thread count
+            rank_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(self.world_size),
+                            LOCAL_WORLD_SIZE=str(self.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                            PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
             if preloaded.enabled():
-                self.processes.append(preloaded.PreloadServer.get().start(script, list(flags), rank_env, REPO,
+                self.processes.append(preloaded.PreloadServer.get().start(self.script, self.flags, rank_env, REPO,
                                                                          self.logs[rank]))
                 continue
             with open(self.logs[rank], "w") as log:
-                self.processes.append(subprocess.Popen([sys.executable, str(script), *flags],
+                self.processes.append(subprocess.Popen([sys.executable, str(self.script), *self.flags],
                                                        cwd=REPO, env=rank_env, stdout=log, stderr=subprocess.STDOUT,
                                                        start_new_session=True))
+
+    def _restarted_if_port_taken(self) -> bool:
+        """Start the job again if rank 0 ended because the rendezvous port was taken."""
+        if (self.attempts >= self.START_ATTEMPTS or self.processes[0].poll() in (None, 0)
+                or not port_taken(self.logs[0].read_text(errors="replace"))):
+            return False
+        self.signal(signal.SIGKILL)
+        for process in self.processes:
+            process.wait(timeout=60)
+        self._start()
+        return True
 
     def signal(self, sig: signal.Signals) -> None:
         """Signal every process of every rank (a rank and its helpers), as SLURM does to a job."""
@@ -48,19 +73,27 @@ class Job:
             except ProcessLookupError:
                 pass
 
-    def wait(self, timeout: float = 300) -> list[int]:
+    def wait(self, timeout: float = 300, poll: float = 0.02) -> list[int]:
         """Exit codes by rank; then kills whatever the ranks left behind (helper processes)."""
         deadline = time.time() + timeout
         try:
-            return [process.wait(timeout=max(deadline - time.time(), 1)) for process in self.processes]
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"job did not finish in {timeout} s:\n{self.output()}") from None
+            while True:
+                codes = [process.poll() for process in self.processes]
+                if self._restarted_if_port_taken():
+                    continue
+                if None not in codes:
+                    return codes
+                if time.time() > deadline:
+                    raise AssertionError(f"job did not finish in {timeout} s:\n{self.output()}")
+                time.sleep(poll)
         finally:
             self.signal(signal.SIGKILL)
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 300, poll: float = 0.01) -> None:
         deadline = time.time() + timeout
         while not condition():
+            if self._restarted_if_port_taken():
+                continue
             if time.time() > deadline or all(process.poll() is not None for process in self.processes):
                 self.signal(signal.SIGKILL)
                 raise AssertionError(f"condition not reached:\n{self.output()}")

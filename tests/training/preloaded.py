@@ -50,6 +50,9 @@ def _run_child(request: dict, reply_fd: int) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        import torch  # imported by the server already; a fresh interpreter would read the thread count here
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         script = request["script"]
         sys.argv = [script, *request["args"]]
         sys.path[0] = os.path.dirname(os.path.abspath(script))
@@ -129,7 +132,10 @@ class PreloadServer:
     _instance: "PreloadServer | None" = None
 
     def __init__(self) -> None:
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", PYTHONPATH=str(REPO))
+        # OpenMP reads its wait policy when torch is imported, here: idle threads sleep instead of
+        # spinning, which matters when a test gives its ranks more threads than the machine has cores
+        env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONWARNINGS="ignore",
+                   PYTHONPATH=str(REPO))
         self.process = subprocess.Popen([sys.executable, "-m", "tests.training.preloaded"], cwd=REPO, env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.changed = threading.Condition()

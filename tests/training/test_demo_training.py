@@ -28,7 +28,8 @@ def test_demo_run_learns_and_logs_per_domain_losses_to_tensorboard(tmp_path):
              "--eval-interval", "20", "--eval-iters", "2", "--num-workers", "1", "--dwm-disable", "--data-path", *data_path,
              "--dwm-valid-data-path", str(DEMO / "indexed" / "lambada_style_text_document"),
              "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(DEMO / "tokenizers" / "demo-spm.model"),
-             "--tensorboard-dir", str(tensorboard), "--save", str(tmp_path / "ckpt")], 2, tmp_path / "logs")
+             "--tensorboard-dir", str(tensorboard), "--save", str(tmp_path / "ckpt"),
+             "--data-cache-path", str(tmp_path / "index-cache")], 2, tmp_path / "logs")
 
     losses = losses_by_iteration(tensorboard / "metrics.jsonl")
     first, last = [sum(losses[i] for i in span) / 10 for span in (range(1, 11), range(31, 41))]

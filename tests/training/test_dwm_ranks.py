@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -22,24 +22,47 @@ LAYOUTS = {  # name: (training ranks, flags, DWM ranks of the separate run)
     "tp1-dp3": (3, ["--global-batch-size", "12"], 1),
     "tp2-dp1": (2, ["--tensor-model-parallel-size", "2"], 1),
     "tp1-dp2-2dwm": (2, [], 2),  # the DWM data-parallel over its own two ranks
+    "tp1-dp1": (1, [], 1),  # the cheapest layout, for 2 threads per rank on 2 cores
 }
+CASES = [(layout, 1) for layout in sorted(LAYOUTS) if layout != "tp1-dp1"] + [("tp1-dp1", 2)]  # (layout, threads)
+
+# How far the two placements may differ, and why (docs/dwm.md, "The DWM on its own ranks"). The
+# placements sum the DWM encoder's per-replica gradients in different orders (an all-reduce over
+# the holders, or autograd over one DWM rank's chunks): float32 addition is not associative, so the
+# DWM's parameters, hence the weights and the LLM, may differ in their last bits on some CPUs.
+# Smooth quantities then agree to a relative RELATIVE. A hypergradient is a finite difference,
+# g_i = -(eta / n) (l_i^+ - l_i^-) / (2 eps): a last-bit change of the parameters can move each of
+# l_i^+ and l_i^- by a unit in the last place of float32, independently, which moves g_i by up to
+# two "resolutions" (eta / n) ulp(l) / (2 eps), logged with every hypergradient: whatever the CPU,
+# g_i is only known to that resolution. Hypergradients must agree to RELATIVE plus
+# RESOLUTIONS resolutions (twice the two-ulp bound: each loss's forward pass may round differently).
+RELATIVE = 1e-6
+RESOLUTIONS = 4
 
 
-def _run(corpus, run_dir, layout: str, dwm_ranks: int):
+def _run(corpus, run_dir, layout: str, dwm_ranks: int, threads: int):
     training_ranks, flags, _ = LAYOUTS[layout]
     metrics = run_dir / "metrics.jsonl"
     job = run_job(training_flags(corpus, *flags, "--train-iters", str(ITERS), "--metrics-file", str(metrics),
-                                 "--dwm-ranks", str(dwm_ranks), dwm=True), training_ranks + dwm_ranks, run_dir / "logs")
+                                 "--dwm-ranks", str(dwm_ranks), dwm=True), training_ranks + dwm_ranks, run_dir / "logs",
+                  env={"OMP_NUM_THREADS": str(threads)})
     records = {r["iteration"]: r for r in read_metrics(metrics) if "lm loss" in r}
     samples = {r["iteration"]: r for r in map(json.loads, (run_dir / "dwm_samples.jsonl").read_text().splitlines())}
     return job, records, samples
 
 
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_dwm_rank_matches_colocated_dwm(layout, corpus, tmp_path):
-    _, colocated, colocated_samples = _run(corpus, tmp_path / "colocated", layout, 0)
+def _hypergradients_agree(ours: dict, theirs: dict) -> bool:
+    resolution = max(ours["hypergradient_resolution"], theirs["hypergradient_resolution"])
+    assert 0 < RESOLUTIONS * resolution < 0.01 * max(map(abs, theirs["hypergradient"]))  # far below the signal
+    return all(abs(a - b) <= RELATIVE * abs(b) + RESOLUTIONS * resolution
+               for a, b in zip(ours["hypergradient"], theirs["hypergradient"]))
+
+
+@pytest.mark.parametrize("layout,threads", CASES, ids=[f"{layout}-{threads}thread" for layout, threads in CASES])
+def test_dwm_rank_matches_colocated_dwm(layout, threads, corpus, tmp_path):
+    _, colocated, colocated_samples = _run(corpus, tmp_path / "colocated", layout, 0, threads)
     training_ranks, _, dwm_ranks = LAYOUTS[layout]
-    job, separate, separate_samples = _run(corpus, tmp_path / "separate", layout, dwm_ranks)
+    job, separate, separate_samples = _run(corpus, tmp_path / "separate", layout, dwm_ranks, threads)
     for index, dwm_rank in enumerate(range(training_ranks, training_ranks + dwm_ranks)):
         replicas = (training_ranks if "tp2" not in layout else 1) // dwm_ranks
         assert (f"DWM rank {dwm_rank}: serving data-parallel replicas {index * replicas}..{(index + 1) * replicas - 1}"
@@ -50,35 +73,52 @@ def test_dwm_rank_matches_colocated_dwm(layout, corpus, tmp_path):
     for iteration in range(1, ITERS + 1):
         ours, theirs = separate_samples[iteration], colocated_samples[iteration]
         assert ours["document_id"] == theirs["document_id"] and ours["domain"] == theirs["domain"]
-        assert ours["weight"] == pytest.approx(theirs["weight"], rel=1e-6, abs=1e-7), iteration
+        assert ours["weight"] == pytest.approx(theirs["weight"], rel=RELATIVE, abs=1e-7), iteration
         assert ("hypergradient" in ours) == ("hypergradient" in theirs)
-        if "hypergradient" in ours:
-            assert ours["hypergradient"] == pytest.approx(theirs["hypergradient"], rel=1e-5, abs=1e-9), iteration
+        if iteration == 1:  # eta is 0 in the warm-up's first iteration: g is exactly 0
+            assert ours["hypergradient"] == theirs["hypergradient"] == [0.0] * len(ours["weight"])
+        elif "hypergradient" in ours:
+            assert _hypergradients_agree(ours, theirs), (iteration, ours, theirs)
         for key in ("lm loss", "grad norm", "dwm/weight std", "dwm/ess"):
-            assert separate[iteration][key] == pytest.approx(colocated[iteration][key], rel=1e-6), (iteration, key)
-    # the DWM learned in both stages, so the comparison covers updated weights, not only uniform ones
-    assert {i for i, r in separate_samples.items() if "hypergradient" in r} >= {2, 5}
+            assert separate[iteration][key] == pytest.approx(colocated[iteration][key], rel=RELATIVE), (iteration, key)
+    # the DWM learned in both stages (the first 2 iterations of each 3-iteration stage), so the
+    # comparison covers updated weights, not only uniform ones
+    assert {i for i, r in separate_samples.items() if "hypergradient" in r} == {1, 2, 4, 5}
     assert separate[ITERS]["dwm/weight std"] > 0
+
+
+def _no_weights_errors(log: str, rank: int, dwm_rank: int, timeout: int) -> list[tuple[str, str]]:
+    """(iteration, the transport's reason) of each documented error line of a training rank that
+    got no weights from `dwm_rank` (docs/dwm.md, "Failures")."""
+    pattern = (rf"^error: rank {rank}: no weights for iteration (\d+): (?:waiting for|sending REQUEST to) "
+               rf"DWM rank {dwm_rank} failed \(time limit {timeout} s\): (.+)\. The training ranks stop rather than "
+               r"train on stale weights; see that rank's log \(--dwm-exchange-timeout sets the time limit\)$")
+    return re.findall(pattern, log, flags=re.MULTILINE)
 
 
 @pytest.mark.parametrize("fault", ["killed", "stopped"])
 def test_lost_dwm_rank_ends_the_job_naming_it(fault, corpus, tmp_path):
-    """SIGKILL (it dies: noticed at once) or SIGSTOP (it hangs: --dwm-exchange-timeout) the DWM rank mid-run."""
+    """SIGKILL (it dies: noticed at once, its connections close) or SIGSTOP (it hangs: noticed after
+    --dwm-exchange-timeout) the DWM rank mid-run: each training rank exits 1 with the documented
+    error naming the DWM rank and the iteration that got no weights."""
     metrics = tmp_path / "metrics.jsonl"
     job = Job(training_flags(corpus, "--train-iters", "1000", "--metrics-file", str(metrics), "--dwm-ranks", "1",
                              "--dwm-exchange-timeout", "5", dwm=True), 3, tmp_path / "logs")
     job.wait_until(lambda: metrics.exists() and any(r.get("iteration", 0) >= 2 for r in read_metrics(metrics)))
     os.kill(job.processes[2].pid, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
-    start = time.time()
-    codes = [process.wait(timeout=60) for process in job.processes[:2]]  # the training ranks
-    elapsed = time.time() - start
-    job.signal(signal.SIGKILL)
+    try:
+        codes = [process.wait(timeout=120) for process in job.processes[:2]]  # the training ranks; a hang guard
+    finally:
+        job.signal(signal.SIGKILL)
     assert codes == [1, 1], job.output()
-    assert elapsed < 30, elapsed
-    output = job.output()
-    assert "DWM rank 2" in output and "failed" in output, output
-    if fault == "stopped":
-        assert "time limit 5 s" in output, output
+    last_logged = max(r["iteration"] for r in read_metrics(metrics) if "lm loss" in r)
+    for rank in (0, 1):
+        errors = _no_weights_errors(job.logs[rank].read_text(), rank, dwm_rank=2, timeout=5)
+        assert len(errors) == 1, job.output()
+        iteration, reason = errors[0]
+        assert int(iteration) == last_logged + 1, job.output()
+        # a dead rank is noticed by its closed connections, a hung one by the time limit
+        assert ("Timed out" in reason) == (fault == "stopped"), reason
 
 
 def test_failed_training_rank_ends_the_dwm_rank(corpus, tmp_path):

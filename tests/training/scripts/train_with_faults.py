@@ -5,22 +5,27 @@ FAULT_KILL_IN_SAVE=2 SIGKILL this process half-way through writing its 2nd check
 FAULT_DWM_NAN_AT=2   the DWM's weights for this iteration are NaN (its k-th weighting)
 FAULT_FD_NAN_AT=1    the k-th finite-difference outer step comes out NaN
 FAULT_RAISE_IN_SAVE=2 rank 0 raises an exception when it starts writing its 2nd checkpoint
+FAULT_HOLD_AFTER=4   after logging iteration 4, every training rank waits (up to 5 min) until it has
+                     received a stop signal (--exit-signal-handler) or is killed: a test can signal
+                     the job at a known iteration instead of racing it
 """
 
 import os
 import signal
 import sys
+import time
 
 import torch
 
 from megatron_dwm.dwm import hypergradient, model
-from megatron_dwm.training import checkpointing, weighting
+from megatron_dwm.training import checkpointing, trainer, weighting
 
 nan_at = {int(i) for i in os.environ.get("FAULT_NAN_AT", "").split(",") if i}
 kill_in_save = int(os.environ.get("FAULT_KILL_IN_SAVE", "0"))
 dwm_nan_at = int(os.environ.get("FAULT_DWM_NAN_AT", "0"))
 fd_nan_at = int(os.environ.get("FAULT_FD_NAN_AT", "0"))
 raise_in_save = int(os.environ.get("FAULT_RAISE_IN_SAVE", "0"))
+hold_after = int(os.environ.get("FAULT_HOLD_AFTER", "0"))
 calls = {"dwm": 0, "fd": 0}
 
 uniform_weights = weighting.UniformWeighting.weights
@@ -76,6 +81,22 @@ def save_then_die(state, directory, *args, **kwargs):
 
 
 checkpointing.dist_checkpointing.save = save_then_die
+
+log_training = trainer.Trainer._log_training
+
+
+def log_then_hold(self):
+    log_training(self)
+    if self.progress.iteration != hold_after:
+        return
+    deadline = time.time() + 300
+    while self._signals is None or self._signals.received is None:
+        if time.time() > deadline:
+            raise RuntimeError(f"FAULT_HOLD_AFTER={hold_after}: no stop signal came within 300 s")
+        time.sleep(0.01)
+
+
+trainer.Trainer._log_training = log_then_hold
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 import pretrain_dwm  # noqa: E402
