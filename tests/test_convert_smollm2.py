@@ -86,22 +86,28 @@ def test_converted_smollm2_matches_transformers_logits(smollm2, tp):
         assert torch.equal(rank_logits.argmax(-1), reference.argmax(-1))
 
 
-def test_converting_back_reproduces_the_original_tensors(smollm2, tmp_path):
-    _convert("megatron-to-hf", smollm2["megatron_dir"], tmp_path / "hf_back")
-    back = load_file(str(tmp_path / "hf_back" / "model.safetensors"))
+@pytest.fixture(scope="module")
+def exported(smollm2, tmp_path_factory) -> Path:
+    """The converted checkpoint converted back to Hugging Face's format (once for the tests below)."""
+    hf_back = tmp_path_factory.mktemp("smollm2_back") / "hf_back"
+    _convert("megatron-to-hf", smollm2["megatron_dir"], hf_back)
+    return hf_back
+
+
+def test_converting_back_reproduces_the_original_tensors(smollm2, exported):
+    back = load_file(str(exported / "model.safetensors"))
     original = smollm2["state"]
     assert sorted(back) == sorted(original)
     for name, tensor in original.items():
         assert torch.equal(back[name], tensor), name
-    config = json.loads((tmp_path / "hf_back" / "config.json").read_text())
+    config = json.loads((exported / "config.json").read_text())
     for key in ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
                 "num_hidden_layers", "vocab_size", "tie_word_embeddings"):
         assert config[key] == getattr(smollm2["config"], key), key
 
 
-def test_export_loads_in_transformers_with_the_same_logits(smollm2, tmp_path):
-    _convert("megatron-to-hf", smollm2["megatron_dir"], tmp_path / "hf_back")
-    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf_back", dtype=torch.float32).eval()
+def test_export_loads_in_transformers_with_the_same_logits(smollm2, exported):
+    model = AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
     with torch.no_grad():
         logits = model(smollm2["tokens"]).logits
     torch.testing.assert_close(logits, smollm2["logits"], rtol=0, atol=1e-4)
