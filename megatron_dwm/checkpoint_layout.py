@@ -239,7 +239,11 @@ def describe_error(error: BaseException) -> str:
 
 def read_checkpoint_common(root: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint's non-tensor state (arch, padded_vocab_size, iteration, ...), read without a model."""
-    path = latest_checkpoint_dir(root)
+    return megatron_dwm_common(latest_checkpoint_dir(root))
+
+
+def megatron_dwm_common(path: str | os.PathLike) -> dict[str, Any]:
+    """The common state of the checkpoint directory `path`, which must be a megatron-dwm checkpoint's."""
     common = load_common(path)
     if "arch" not in common or "padded_vocab_size" not in common:
         raise CheckpointError(f"{path}: not a megatron-dwm checkpoint (no 'arch'/'padded_vocab_size' entries)")

@@ -12,7 +12,6 @@ together), split where the context's own tokenization ends.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy
@@ -24,6 +23,7 @@ from megatron_dwm.data.preprocess import (
     PreprocessError,
     PreprocessStats,
     RejectedRecord,
+    existing_files,
     output_prefix_for,
     refuse_existing,
 )
@@ -100,7 +100,7 @@ def preprocess_context_target(
         raise PreprocessError(str(error)) from error
     prefix = output_prefix_for(output_prefix, "text", None)
     if not overwrite:
-        refuse_existing([path for path in (prefix + ".bin", prefix + ".idx") if os.path.lexists(path)])
+        refuse_existing(existing_files(prefix))
     stats = PreprocessStats()
     writer = AtomicIndexedWriter(prefix, tokenizer.vocab_size)
     progress = Progress("context+target", stream=progress_stream)

@@ -205,13 +205,18 @@ def existing_outputs(config: PreprocessConfig) -> list[str]:
     ``--split-by-domain`` every ``*_<key>_document.{bin,idx}`` in the output directory (the domains
     are known only once the input is read)."""
     if not config.split_by_domain:
-        prefixes = [output_prefix_for(config.output_prefix, key, None) for key in config.json_keys]
-        return [path for prefix in prefixes for path in (prefix + ".bin", prefix + ".idx") if os.path.lexists(path)]
+        return [path for key in config.json_keys
+                for path in existing_files(output_prefix_for(config.output_prefix, key, None))]
     if not os.path.isdir(config.output_prefix):
         return []
     endings = tuple(f"_{key}_document{suffix}" for key in config.json_keys for suffix in (".bin", ".idx"))
     return sorted(os.path.join(config.output_prefix, name) for name in os.listdir(config.output_prefix)
                   if name.endswith(endings))
+
+
+def existing_files(prefix: str) -> list[str]:
+    """Which of ``prefix.bin`` and ``prefix.idx`` are on disk."""
+    return [path for path in (prefix + ".bin", prefix + ".idx") if os.path.lexists(path)]
 
 
 def refuse_existing(paths: list[str], shown: int = 10) -> None:

@@ -41,6 +41,7 @@ from megatron_dwm.checkpoint_layout import (  # noqa: F401 - re-exported
     iteration_dirs,
     latest_checkpoint_dir,
     load_common,
+    megatron_dwm_common,
     read_checkpoint_common,
     read_tracker,
     resume_hint,
@@ -154,9 +155,10 @@ def find_resume_point(load: str | os.PathLike, ckpt_step: int | None = None,
     path = find_checkpoint(load, ckpt_step)
     if path is None:
         return None
-    common = load_common(path)
-    if "arch" not in common:
-        raise CheckpointError(f"--load {load}: {path} is not a megatron-dwm checkpoint (no 'arch' in its common state)")
+    try:
+        common = megatron_dwm_common(path)
+    except CheckpointError as error:
+        raise CheckpointError(f"--load {load}: {error}") from error
     release = path.name == RELEASE or common.get("iteration") == RELEASE
     return ResumePoint(path, common, model_only=release or finetune or "progress" not in common)
 

@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Non-finite floats are not JSON; they are written as these strings and read back as floats.
 # Scalars measured with the wall clock: the only ones two runs of the same steps may disagree on.
 WALL_CLOCK_METRICS = frozenset({"elapsed time per iteration (ms)", "throughput per GPU (TFLOP/s/GPU)",
                                 "tokens per second", "samples per second", "MFU", "dwm/weights time (ms)"})
+# Non-finite floats are not JSON; they are written as these strings and read back as floats.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
