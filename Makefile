@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.12 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo demo-data clean
+.PHONY: setup test demo demo-data gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,15 @@ demo-data: setup demo_data/indexed/data_path.txt
 
 demo_data/indexed/data_path.txt: | $(VENV)/.installed
 	$(PY) tools/build_demo_corpus.py --out demo_data
+
+# On a GPU machine (docs/performance.md, "The GPU check"): the kernel tests compiled for the GPU, the
+# loss-kernel benchmark and llama2-370m training throughput with and without the DWM, in one command;
+# report in gpu_check/. Runs with the machine's own python3 and torch (no venv); wheels in .whl/
+# (tools/gpu_wheels.sh) are installed from there without network.
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONUNBUFFERED=1 $(GPU_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -24,7 +24,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from megatron_dwm.training.metrics import read_metrics  # noqa: E402
+from megatron_dwm.training.metrics import PEAK_MEMORY_METRIC, read_metrics  # noqa: E402
 
 DEMO = os.path.join(REPO, "demo_data")
 CONFIGS = {
@@ -45,29 +45,50 @@ REPORTED = ("tokens per second", "samples per second", "elapsed time per iterati
             "throughput per GPU (TFLOP/s/GPU)", "MFU")
 
 
-def run(config: dict, iters: int, workdir: str, extra: list[str] | None = None, extra_ranks: int = 0) -> list[dict]:
-    """One run of `config` (plus `extra` flags, which replace --dwm-disable, and `extra_ranks` processes
-    beyond the training ranks, for --dwm-ranks); its per-iteration records."""
-    metrics = os.path.join(workdir, "metrics.jsonl")
+def demo_data_flags() -> list[str]:
+    """The data and tokenizer flags of the demo corpus (`make demo-data`)."""
     with open(os.path.join(DEMO, "indexed", "data_path.txt")) as file:
         data_path = file.read().split()
+    return ["--data-path", *data_path, "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", os.path.join(DEMO, "tokenizers", "demo-spm.model")]
+
+
+def run(config: dict, iters: int, workdir: str, extra: list[str] | None = None, extra_ranks: int = 0,
+        data_flags: list[str] | None = None, log: str | None = None, timeout: float | None = None,
+        env: dict[str, str] | None = None) -> list[dict]:
+    """One run of `config` (plus `extra` flags, which replace --dwm-disable, and `extra_ranks` processes
+    beyond the training ranks, for --dwm-ranks) on the demo corpus or `data_flags`; its
+    per-iteration records. With `log`, the run's output is appended to that file; `env` replaces
+    this process's environment."""
+    metrics = os.path.join(workdir, "metrics.jsonl")
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(config["nproc"] + extra_ranks),
         os.path.join(REPO, "pretrain_dwm.py"), *config["flags"], "--train-iters", str(iters), "--lr", "3e-4",
         "--log-interval", "1", "--eval-interval", str(10 * iters), "--eval-iters", "0",
         *(extra if extra is not None else ["--dwm-disable"]),
-        "--data-path", *data_path, "--tokenizer-type", "SentencePieceTokenizer",
-        "--tokenizer-model", os.path.join(DEMO, "tokenizers", "demo-spm.model"), "--metrics-file", metrics,
+        *(data_flags if data_flags is not None else demo_data_flags()), "--metrics-file", metrics,
     ]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), PYTHONWARNINGS="ignore")
-    subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    env = dict(env or os.environ)
+    env.update(OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"), PYTHONWARNINGS="ignore")
+    if log is None:
+        subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, timeout=timeout)
+    else:
+        with open(log, "a") as output:
+            output.write(f"\n$ {' '.join(command)}\n")
+            output.flush()
+            subprocess.run(command, cwd=REPO, env=env, check=True, stdout=output, stderr=subprocess.STDOUT,
+                           timeout=timeout)
     return [record for record in read_metrics(metrics) if "tokens per second" in record]
 
 
 def summarize(records: list[dict], warmup: int) -> dict[str, float]:
+    """Medians over the iterations after `warmup`; the peak memory is the run's highest."""
     measured = [record for record in records if record["iteration"] > warmup]
-    return {key: statistics.median(record[key] for record in measured)
-            for key in REPORTED if all(key in record for record in measured)}
+    summary = {key: statistics.median(record[key] for record in measured)
+               for key in REPORTED if all(key in record for record in measured)}
+    if any(PEAK_MEMORY_METRIC in record for record in records):
+        summary[PEAK_MEMORY_METRIC] = max(record.get(PEAK_MEMORY_METRIC, 0.0) for record in records)
+    return summary
 
 
 def main() -> None:

@@ -101,9 +101,13 @@ class PortTaken(RuntimeError):
 
 
 def _run_once(fn: Callable, world_size: int, args: Sequence[Any], timeout: float) -> list:
-    ctx = mp.get_context("forkserver")
-    # the ranks fork from a server that has imported these once (single-threaded: safe to fork)
-    ctx.set_forkserver_preload(["torch", "torch.distributed", "megatron.core", "tests.distributed"])
+    if os.environ.get("MEGATRON_DWM_TEST_DEVICE", "cpu") == "cuda":
+        # importing megatron-core initialises CUDA, which a forked process cannot use: spawn
+        ctx = mp.get_context("spawn")
+    else:
+        ctx = mp.get_context("forkserver")
+        # the ranks fork from a server that has imported these once (single-threaded: safe to fork)
+        ctx.set_forkserver_preload(["torch", "torch.distributed", "megatron.core", "tests.distributed"])
     queue = ctx.Queue()
     port = free_port()
     procs = [

@@ -103,4 +103,4 @@ def finite_difference_hypergradient(model: BilevelModel, learning_rate: float, b
 def _ulp(values: torch.Tensor) -> float:
     """The largest unit in the last place of `values` (in their own dtype)."""
     largest = values.detach().abs().max()
-    return float(torch.nextafter(largest, torch.tensor(math.inf, dtype=largest.dtype)) - largest)
+    return float(torch.nextafter(largest, torch.full_like(largest, math.inf)) - largest)

@@ -12,9 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-# Scalars measured with the wall clock: the only ones two runs of the same steps may disagree on.
+# GPU memory high-water mark since the start of the run, logged on GPUs only.
+PEAK_MEMORY_METRIC = "max memory allocated (GiB)"
+# Scalars measured with the wall clock (or the allocator): the only ones two runs of the same steps
+# may disagree on.
 WALL_CLOCK_METRICS = frozenset({"elapsed time per iteration (ms)", "throughput per GPU (TFLOP/s/GPU)",
-                                "tokens per second", "samples per second", "MFU", "dwm/weights time (ms)"})
+                                "tokens per second", "samples per second", "MFU", "dwm/weights time (ms)",
+                                PEAK_MEMORY_METRIC})
 # Non-finite floats are not JSON; they are written as these strings and read back as floats.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 

@@ -46,7 +46,8 @@ from megatron_dwm.training.faults import (
 )
 from megatron_dwm.training.flops import model_flops_utilization, num_floating_point_operations, peak_flops_per_device
 from megatron_dwm.training.loss import WeightedLoss
-from megatron_dwm.training.metrics import MetricsWriter, format_log_line, set_aside_records_after, superseded_path
+from megatron_dwm.training.metrics import (PEAK_MEMORY_METRIC, MetricsWriter, format_log_line, set_aside_records_after,
+                                          superseded_path)
 from megatron_dwm.training.progress import TrainingProgress
 from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, set_rng_state, sharded_rng_state
 from megatron_dwm.training.step import run_global_batch
@@ -395,6 +396,8 @@ class Trainer:
             mfu = model_flops_utilization(self.flops_per_step, seconds, world, self.peak_flops)
             if mfu is not None:
                 scalars["MFU"] = mfu
+            if self.device.type == "cuda":
+                scalars[PEAK_MEMORY_METRIC] = torch.cuda.max_memory_allocated() / 2**30
             scalars.update({f"lm loss/{name}": value
                             for name, value in stats.totals.domain_means(self.data.domains).items()})
             dwm = self.weighting.pop_metrics(self.data.domains, self.progress.iteration)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from unittest import mock
 
@@ -15,11 +16,13 @@ from megatron_dwm.ops import per_sample_cross_entropy, weighted_cross_entropy
 # in fp32 from the same inputs in every implementation, hence one bound for both dtypes.
 GRAD_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 LOSS_TOLERANCE = 1e-5
+# Where the cases live: the CPU (kernels in Triton's interpreter) or, for bench/gpu_check.py, "cuda".
+DEVICE = torch.device(os.environ.get("MEGATRON_DWM_TEST_DEVICE", "cpu"))
 
 
 @dataclass
 class LossCase:
-    """One batch over the full vocabulary; tensor-parallel ranks take slices of `logits`."""
+    """One batch over the full vocabulary, on `DEVICE`; tensor-parallel ranks take slices of `logits`."""
 
     seed: int
     logits: torch.Tensor  # [s, b, V] in the case dtype
@@ -49,7 +52,7 @@ def random_case(seed: int, dtype: torch.dtype, vocab: int, max_seq: int = 16, ma
         loss_mask[int(torch.randint(0, batch, (), generator=gen))] = 0.0
     weights = torch.exp(torch.randn(batch, generator=gen))
     normalizer = float(batch * int(torch.randint(1, 4, (), generator=gen)))
-    return LossCase(seed, logits, labels, loss_mask, weights, normalizer)
+    return LossCase(seed, logits.to(DEVICE), labels.to(DEVICE), loss_mask.to(DEVICE), weights.to(DEVICE), normalizer)
 
 
 def masked_weighted_loss(token_loss: torch.Tensor, case: LossCase) -> tuple[torch.Tensor, torch.Tensor]:

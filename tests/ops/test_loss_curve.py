@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_dwm.ops import select_loss_kernel
-from tests.ops.cases import relative_error
+from tests.ops.cases import DEVICE, relative_error
 
 VOCAB, HIDDEN, SEQ, BATCH, STEPS = 48, 16, 12, 3, 4
 
@@ -17,7 +17,7 @@ def _batches():
     mask = (torch.rand(BATCH, SEQ, generator=gen) < 0.8).float()
     for _ in range(STEPS):
         weights = BATCH * torch.softmax(torch.randn(BATCH, generator=gen), dim=0)
-        yield tokens[:, :-1], tokens[:, 1:], mask, weights
+        yield tuple(tensor.to(DEVICE) for tensor in (tokens[:, :-1], tokens[:, 1:], mask, weights))
 
 
 def _reference_loss(logits, labels, mask, weights):
@@ -28,7 +28,7 @@ def _reference_loss(logits, labels, mask, weights):
 
 def _loss_curve(loss_fn) -> torch.Tensor:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Embedding(VOCAB, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, VOCAB))
+    model = torch.nn.Sequential(torch.nn.Embedding(VOCAB, HIDDEN), torch.nn.Tanh(), torch.nn.Linear(HIDDEN, VOCAB)).to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     curve = []
     for inputs, labels, mask, weights in _batches():

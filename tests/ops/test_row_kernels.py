@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_dwm.ops import torch_rows
-from tests.ops.cases import GRAD_TOLERANCE, relative_error
+from tests.ops.cases import DEVICE, GRAD_TOLERANCE, relative_error
 
 triton_rows = pytest.importorskip("megatron_dwm.ops.triton_rows")
 
@@ -21,11 +21,11 @@ def _rows_case(seed: int, n_cols: int, dtype: torch.dtype, rows: int = 12):
     targets = torch.randint(-3, n_cols + 3, (rows,), generator=gen)  # some rows owned elsewhere
     coeff = torch.rand(rows, generator=gen)
     coeff[0] = 0.0  # a masked token
-    return logits, targets, coeff
+    return logits.to(DEVICE), targets.to(DEVICE), coeff.to(DEVICE)
 
 
 def _nan(rows: int) -> torch.Tensor:
-    return torch.full((rows,), float("nan"))
+    return torch.full((rows,), float("nan"), device=DEVICE)
 
 
 def _expected_grad(logits, targets, coeff):
@@ -49,7 +49,7 @@ def test_row_stats_match_reference_and_logsumexp(n_cols, block, dtype):
     row_max, sum_exp, target_logit = fused
     assert relative_error(row_max + sum_exp.log(), torch.logsumexp(logits.float(), dim=1)) <= 1e-6
     owned = (targets >= 0) & (targets < n_cols)
-    assert torch.equal(target_logit[~owned], torch.zeros(int((~owned).sum())))
+    assert torch.equal(target_logit[~owned], torch.zeros_like(target_logit[~owned]))
     assert torch.equal(target_logit[owned], logits.float()[owned, targets[owned]])
 
 
@@ -82,7 +82,7 @@ def test_single_pass_loss_and_grad(n_cols, block, dtype):
 def test_rows_with_a_stride_wider_than_the_shard():
     """Rows of a wider buffer (a column slice) are read and written in place, the rest untouched."""
     logits, targets, coeff = _rows_case(5, 40, torch.float32)
-    buffer = torch.randn(logits.shape[0], 64)
+    buffer = torch.randn(logits.shape[0], 64, device=DEVICE)
     buffer[:, :40] = logits
     untouched = buffer[:, 40:].clone()
     token_loss = _nan(len(targets))

@@ -6,6 +6,7 @@ import torch
 
 from megatron_dwm.ops import per_sample_cross_entropy, select_loss_kernel, weighted_cross_entropy
 from tests.ops.cases import (
+    DEVICE,
     GRAD_TOLERANCE,
     LOSS_TOLERANCE,
     LossCase,
@@ -87,8 +88,8 @@ def test_gradient_is_written_into_the_logits_storage(kernel):
     """The gradient reaching the layer before the loss is the logits' own buffer: no
     logits-sized allocation for it."""
     case = random_case(61, torch.float32, vocab=33)
-    hidden = torch.randn(*case.logits.shape[:2], 8, requires_grad=True)
-    logits = hidden @ torch.randn(8, case.logits.shape[-1])
+    hidden = torch.randn(*case.logits.shape[:2], 8, device=DEVICE, requires_grad=True)
+    logits = hidden @ torch.randn(8, case.logits.shape[-1], device=DEVICE)
     grad_storage = []
     logits.register_hook(lambda grad: grad_storage.append(grad.untyped_storage().data_ptr()))
     out = weighted_cross_entropy(logits, case.labels, case.loss_mask, case.weights, kernel=kernel)
@@ -163,8 +164,8 @@ def test_out_of_vocabulary_labels_on_masked_tokens_are_harmless(kernel, dtype):
     masked = case.loss_mask == 0
     assert 0 < int(masked.sum()) < masked.numel()
     bad = LossCase(case.seed, case.logits, case.labels.clone(), case.loss_mask, case.weights, case.normalizer)
-    choices = torch.tensor(OUT_OF_VOCABULARY + (vocab, vocab + 7))
-    bad.labels[masked] = choices[torch.arange(int(masked.sum())) % len(choices)]
+    choices = torch.tensor(OUT_OF_VOCABULARY + (vocab, vocab + 7), device=DEVICE)
+    bad.labels[masked] = choices[torch.arange(int(masked.sum()), device=DEVICE) % len(choices)]
     good = LossCase(case.seed, case.logits, case.labels.clone(), case.loss_mask, case.weights, case.normalizer)
     good.labels[masked] = 0
 
