@@ -24,8 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 
+# Two pytest workers (pytest-xdist), each module's tests in one worker (its fixtures built once).
+PYTEST_WORKERS ?= 2
 test: setup demo-data
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # A small Llama trained on the demo corpus on CPU (2 gloo ranks, a few minutes), with evaluation on
 # the LAMBADA-style set, TensorBoard logs and checkpoints under $(DEMO_RUN).

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One command that proves the GPU path and measures it, on one H100/H200, in under 8 minutes.
 
-    python bench/gpu_check.py                  # everything (about 7 minutes on one H200)
+    python bench/gpu_check.py                  # everything (about 7.5 minutes on one H200)
     python bench/gpu_check.py --quick          # fewer sizes and runs (under 3 minutes)
     python bench/gpu_check.py --cpu-smoke      # a rehearsal on CPU, tiny sizes (what `make test` runs)
     python bench/gpu_check.py --parts training # some parts only (see --help)
@@ -14,8 +14,9 @@ Parts, each reported even when another fails:
                time, bandwidth against the copy bandwidth measured in the same run, speed-up over
                megatron-core's path and torch.compile, extra peak memory;
   training     llama2-370m in bf16 (seq 2048, the distributed optimizer) on a corpus of random tokens
-               made on the fly, with the DWM off, frozen (LLM phase) and learning (DWM phase), each
-               with --loss-kernel fused and torch: tokens/s, TFLOP/s, MFU, peak memory, DWM overhead.
+               made on the fly, with the DWM off, frozen (LLM phase) and learning (DWM phase) with
+               --loss-kernel fused, and off with torch: tokens/s, TFLOP/s, MFU, peak memory, the
+               DWM's overhead and the fused kernel's speed-up in the loop.
 
 Writes ``report.md`` (tables to paste into docs/performance.md), ``report.json`` and ``log.txt``
 (every sub-process's output) under ``--out`` (default ``gpu_check/``), rewriting the report after
@@ -90,7 +91,7 @@ class Sizes:
     train_valid_examples: int  # the DWM's validation set, also evaluated once at the end of each run
     train_iters: int
     train_warmup: int
-    train_kernels: tuple[str, ...]
+    train_runs: tuple[tuple[str, str], ...]  # (mode, --loss-kernel), modes keys of TRAIN_MODES
     learning_flags: tuple[str, ...]
 
 
@@ -98,19 +99,21 @@ LLAMA_370M = ("--model-preset", "llama2-370m", "--bf16", "--seq-length", "2048",
               "--global-batch-size", "32", "--use-distributed-optimizer")
 # The distributed optimizer shards Adam's state, so the DWM phase takes the gradient direction.
 GPU_LEARNING = ("--dwm-fd-direction", "grad")
+# The three modes with the fused kernel, and DWM off with the torch kernel (fused against torch).
+FOUR_RUNS = (("off", "fused"), ("frozen", "fused"), ("learning", "fused"), ("off", "torch"))
 SIZES = {
     "full": Sizes(
         test_selection=("tests/ops",),
         kernel_args=(("--dtype", "bf16", "--micro-batch", "1", "2", "4", "8"),
                      ("--dtype", "fp32", "--micro-batch", "1", "4", "--runs", "30")),
-        train_flags=LLAMA_370M, train_vocab=32000, train_tokens_per_domain=4_000_000, train_valid_examples=256,
-        train_iters=20, train_warmup=8, train_kernels=("fused", "torch"), learning_flags=GPU_LEARNING),
+        train_flags=LLAMA_370M, train_vocab=32000, train_tokens_per_domain=4_000_000, train_valid_examples=64,
+        train_iters=12, train_warmup=4, train_runs=FOUR_RUNS, learning_flags=GPU_LEARNING),
     "quick": Sizes(
-        test_selection=("tests/ops/test_loss_curve.py", "tests/ops/test_row_kernels.py",
-                        "tests/ops/test_weighted_cross_entropy.py"),
-        kernel_args=(("--dtype", "bf16", "--micro-batch", "1", "4", "--runs", "20"),),
-        train_flags=LLAMA_370M, train_vocab=32000, train_tokens_per_domain=2_000_000, train_valid_examples=128,
-        train_iters=12, train_warmup=5, train_kernels=("fused",), learning_flags=GPU_LEARNING),
+        test_selection=("tests/ops/test_loss_curve.py", "tests/ops/test_weighted_cross_entropy.py"),
+        kernel_args=(("--dtype", "bf16", "--micro-batch", "1", "4", "--runs", "20", "--no-compile"),),
+        train_flags=LLAMA_370M, train_vocab=32000, train_tokens_per_domain=2_000_000, train_valid_examples=32,
+        train_iters=8, train_warmup=3, train_runs=(("off", "fused"), ("learning", "fused")),
+        learning_flags=GPU_LEARNING),
     "cpu-smoke": Sizes(
         test_selection=("tests/ops/test_loss_curve.py",
                         "tests/ops/test_weighted_cross_entropy.py::test_loss_only_mode_matches_and_leaves_logits_untouched"),
@@ -120,14 +123,14 @@ SIZES = {
                      "--global-batch-size", "2", "--dwm-num-layers", "1", "--dwm-hidden-size", "32",
                      "--dwm-seq-length", "16", "--num-workers", "0"),
         train_vocab=256, train_tokens_per_domain=10_000, train_valid_examples=4, train_iters=3, train_warmup=1,
-        train_kernels=("fused", "torch"), learning_flags=()),
+        train_runs=FOUR_RUNS, learning_flags=()),
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer sizes and runs (under 3 minutes on one H200)")
+    mode.add_argument("--quick", action="store_true", help="fewer sizes and runs (about 2.5 minutes on one H200)")
     mode.add_argument("--cpu-smoke", action="store_true",
                       help="rehearse every part on CPU with tiny sizes (Triton's interpreter); the figures mean nothing")
     parser.add_argument("--out", default="gpu_check", help="directory for report.md, report.json and log.txt")
@@ -135,10 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"parts to run, among: {', '.join(repr(part) for part in PARTS)} (default: all)")
     parser.add_argument("--tests", nargs="+", metavar="PATH", help="pytest selection of the kernel tests part "
                         "(default: tests/ops; --quick: its single-rank files)")
-    parser.add_argument("--train-modes", nargs="+", choices=sorted(TRAIN_MODES), default=list(TRAIN_MODES),
-                        help="training runs: DWM off, frozen (LLM phase), learning (DWM phase) (default: all three)")
+    parser.add_argument("--train-modes", nargs="+", choices=list(TRAIN_MODES),
+                        help="training runs of these modes, DWM off, frozen (LLM phase) or learning (DWM phase), "
+                             "each with every --train-kernels (default: the three with fused, and off with torch)")
     parser.add_argument("--train-kernels", nargs="+", choices=["fused", "torch"],
-                        help="--loss-kernel of the training runs (default: fused and torch; --quick: fused)")
+                        help="--loss-kernel of the training runs given by --train-modes (default: fused)")
     return parser.parse_args(argv)
 
 
@@ -147,9 +151,13 @@ class Check:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.mode = "cpu-smoke" if args.cpu_smoke else "quick" if args.quick else "full"
-        self.sizes = replace(SIZES[self.mode], **{key: tuple(value) for key, value in (
-            ("test_selection", args.tests), ("train_kernels", args.train_kernels)) if value})
-        self.train_modes = [TRAIN_MODES[mode] for mode in TRAIN_MODES if mode in args.train_modes]
+        self.sizes = SIZES[self.mode]
+        if args.tests:
+            self.sizes = replace(self.sizes, test_selection=tuple(args.tests))
+        if args.train_modes or args.train_kernels:
+            runs = [(mode, kernel) for kernel in args.train_kernels or ["fused"]
+                    for mode in args.train_modes or list(TRAIN_MODES)]
+            self.sizes = replace(self.sizes, train_runs=tuple(runs))
         self.on_gpu = not args.cpu_smoke
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -257,7 +265,7 @@ def training(check: Check) -> dict:
         TRAIN_MODES["frozen"]: [*dwm_flags, "--dwm-update-iters", "0"],
         TRAIN_MODES["learning"]: [*dwm_flags, "--dwm-update-iters", str(sizes.train_iters), *sizes.learning_flags],
     }
-    runs = [(kernel, mode, modes[mode]) for kernel in sizes.train_kernels for mode in check.train_modes]
+    runs = [(kernel, TRAIN_MODES[mode], modes[TRAIN_MODES[mode]]) for mode, kernel in sizes.train_runs]
     with tempfile.TemporaryDirectory() as directory:
         corpus = make_random_corpus(Path(directory) / "corpus", vocab_size=sizes.train_vocab,
                                     tokens_per_domain=sizes.train_tokens_per_domain,
