@@ -10,15 +10,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
 from typing import NoReturn
 
-from megatron_dwm.arguments import ConfigError, parse_args
+from megatron_dwm.library_warnings import quiet_library_messages
+
+quiet_library_messages()  # first: torch and megatron-core warn as they are imported
+
+from megatron_dwm.arguments import ConfigError, parse_args  # noqa: E402 - light: no torch, no megatron-core
 
 ARGUMENT_ERROR_EXIT_CODE = 2  # argparse's
-ARGUMENT_ERROR_GRACE_S = 20.0  # how long the other ranks leave rank 0 to report an argument error
+START_UP_ERROR_EXIT_CODE = 1  # a checkpoint --load or --dwm-load cannot use, --save would overwrite, ...
+ARGUMENT_ERROR_GRACE_S = 20.0  # how long the other ranks leave rank 0 to report an error every rank finds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                                   args.dwm_ranks, args.seed, args.distributed_timeout_minutes)
     try:
         code = Trainer(args, context).train() if context.is_llm_rank else run_dwm_rank(args, context)
-    except (NonFiniteStepsError, ExchangeError, CheckpointError) as error:
+    except CheckpointError as error:
+        exit_on_start_up_error(str(error), context.rank)
+    except (NonFiniteStepsError, ExchangeError) as error:
         print(f"error: rank {context.rank}: {error}", file=sys.stderr, flush=True)
         exit_now(1)
     except BaseException as error:
@@ -67,12 +75,26 @@ def exit_on_argument_error(message: str) -> NoReturn:
     summary shows it under "Root Cause", its last lines; otherwise to stderr.
     """
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    _report_once(f"pretrain_dwm.py: error: {message}" + ("" if rank == 0 else f" (rank {rank})"), rank)
+    sys.exit(ARGUMENT_ERROR_EXIT_CODE)
+
+
+def exit_on_start_up_error(message: str, rank: int) -> NoReturn:
+    """Report an error the user can fix that stopped the start (a checkpoint that cannot be used, a
+    --save that would be overwritten) like an argument error, without a traceback, and exit 1 at
+    once (`exit_now`: the process groups exist)."""
+    _report_once(f"pretrain_dwm.py: error: rank {rank}: {message}", rank)
+    exit_now(START_UP_ERROR_EXIT_CODE)
+
+
+def _report_once(text: str, rank: int) -> None:
+    """Report `text`, an error that every rank may have found, from rank 0 only, unless the launcher
+    leaves this rank alive for ARGUMENT_ERROR_GRACE_S (then rank 0 did not fail: this rank reports)."""
     if rank != 0 and ("TORCHELASTIC_RUN_ID" in os.environ or "SLURM_PROCID" in os.environ):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the launcher ends this rank now, even with a handler set
         time.sleep(ARGUMENT_ERROR_GRACE_S)
-    text = f"pretrain_dwm.py: error: {message}" + ("" if rank == 0 else f" (rank {rank})")
     if not _write_launcher_error_file(text):
         print(text, file=sys.stderr, flush=True)
-    sys.exit(ARGUMENT_ERROR_EXIT_CODE)
 
 
 def _write_launcher_error_file(text: str) -> bool:

@@ -15,21 +15,21 @@ Writes under --out: ``baseline/`` and ``dwm/`` (metrics, TensorBoard, dwm_sample
 ``dwm/analysis/`` (domain weights over training, weight histograms), ``comparison.png`` and
 ``summary.md``. Losses are compared as trailing means over ``--window`` evaluations. Extra flags
 after ``--`` go to the DWM run and override ``DWM_FLAGS`` (for example ``-- --dwm-lr 3e-3``).
+
+Every run's flags are checked before the first run starts (a bad one: exit 2, naming the run); each
+run shows its progress, and a failed run's error lines are printed from its ``train.log`` (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from demo_runs import REPO, check_runs, train
 
-from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics  # noqa: E402
-from megatron_dwm.analysis.comparison import compare, format_comparison, plot_comparison, validation_curve  # noqa: E402
+from megatron_dwm.analysis.comparison import compare, format_comparison, plot_comparison, validation_curve
+from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics
 
 DEMO = REPO / "demo_data"
 SEQ_LENGTH, GLOBAL_BATCH = 128, 16
@@ -52,55 +52,64 @@ def common_flags(eval_interval: int, seed: int, lr_decay_style: str = "constant"
             "--tokenizer-model", str(DEMO / "tokenizers" / "demo-spm.model")]
 
 
-def train(run_dir: Path, nproc: int, flags: list[str]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               str(REPO / "pretrain_dwm.py"), *flags, "--tensorboard-dir", str(run_dir)]
-    print("+", " ".join(command), flush=True)
-    with open(run_dir / "train.log", "w") as log:
-        subprocess.run(command, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=log,
-                       stderr=subprocess.STDOUT, check=True)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "runs" / "dwm-experiment")
+def add_experiment_options(parser: argparse.ArgumentParser) -> None:
+    """The options of one experiment (shared with dwm_demo_seeds.py)."""
     parser.add_argument("--iters", type=int, default=400, help="iterations of the DWM run")
     parser.add_argument("--baseline-iters", type=int, default=None,
                         help="of the baseline (default: 2 x --iters with a constant learning rate, else --iters)")
     parser.add_argument("--lr-decay-style", choices=["constant", "cosine", "linear"], default="constant")
     parser.add_argument("--eval-interval", type=int, default=20)
     parser.add_argument("--nproc", type=int, default=2, help="training ranks (data parallel)")
-    parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--window", type=int, default=5,
                         help="compare trailing means over this many evaluations (single ones are noisy)")
     parser.add_argument("--skip-existing", action="store_true", help="keep a run whose metrics already exist")
+
+
+def plan_runs(out: Path, seed: int, args: argparse.Namespace, dwm_flags: list[str]) -> dict[Path, list[str]]:
+    """Run directory -> full training flags of the experiment's two runs (baseline, DWM) under `out`."""
+    baseline_iters = args.baseline_iters or (2 if args.lr_decay_style == "constant" else 1) * args.iters
+    common = common_flags(args.eval_interval, seed, args.lr_decay_style)
+    return {out / "baseline": [*common, "--dwm-disable", "--train-iters", str(baseline_iters),
+                               "--tensorboard-dir", str(out / "baseline")],
+            out / "dwm": [*common, "--train-iters", str(args.iters), *DWM_FLAGS, *dwm_flags,
+                          "--tensorboard-dir", str(out / "dwm")]}
+
+
+def run_all(runs: dict[Path, list[str]], nproc: int, skip_existing: bool, names_from: Path) -> None:
+    """Check every run's flags, then train each (named by its directory under `names_from`)."""
+    todo = {str(run.relative_to(names_from)): (run, flags) for run, flags in runs.items()
+            if not (skip_existing and (run / "metrics.jsonl").exists())}
+    checked = check_runs({name: flags for name, (_, flags) in todo.items()}, nproc)
+    for name, (run, flags) in todo.items():
+        train(name, run, nproc, flags, checked[name].train_iters)
+
+
+def report(out: Path, window: int) -> str:
+    """comparison.png, dwm/analysis/ and summary.md of one experiment directory; returns the summary."""
+    tokens_per_iteration = SEQ_LENGTH * GLOBAL_BATCH
+    dwm = validation_curve(load_metrics(out / "dwm" / "metrics.jsonl"), tokens_per_iteration)
+    baseline = validation_curve(load_metrics(out / "baseline" / "metrics.jsonl"), tokens_per_iteration)
+    comparison = compare(dwm, baseline, window)
+    plot_comparison(dwm, baseline, comparison, out / "comparison.png", window=window)
+    analysis = analyze_run(out / "dwm" / "metrics.jsonl", out / "dwm" / "dwm_samples.jsonl", out / "dwm" / "analysis")
+    summary = f"{format_comparison(comparison)}\n\n{analysis.summary}\n"
+    staging = out / ".summary.md.tmp"
+    staging.write_text(summary)
+    os.replace(staging, out / "summary.md")
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "dwm-experiment")
+    parser.add_argument("--seed", type=int, default=1234)
+    add_experiment_options(parser)
     parser.add_argument("dwm_flags", nargs="*", help="extra flags of the DWM run (after --)")
     args = parser.parse_args()
     if not (DEMO / "indexed" / "data_path.txt").exists():
         parser.error(f"no demo corpus under {DEMO}: run `make demo-data` first")
-    baseline_iters = args.baseline_iters or (2 if args.lr_decay_style == "constant" else 1) * args.iters
-    runs = {
-        "baseline": ["--dwm-disable", "--train-iters", str(baseline_iters)],
-        "dwm": ["--train-iters", str(args.iters), *DWM_FLAGS, *args.dwm_flags],
-    }
-    for name, flags in runs.items():
-        if args.skip_existing and (args.out / name / "metrics.jsonl").exists():
-            continue
-        train(args.out / name, args.nproc, [*common_flags(args.eval_interval, args.seed, args.lr_decay_style), *flags])
-
-    tokens_per_iteration = SEQ_LENGTH * GLOBAL_BATCH
-    dwm = validation_curve(load_metrics(args.out / "dwm" / "metrics.jsonl"), tokens_per_iteration)
-    baseline = validation_curve(load_metrics(args.out / "baseline" / "metrics.jsonl"), tokens_per_iteration)
-    comparison = compare(dwm, baseline, args.window)
-    plot_comparison(dwm, baseline, comparison, args.out / "comparison.png", window=args.window)
-    analysis = analyze_run(args.out / "dwm" / "metrics.jsonl", args.out / "dwm" / "dwm_samples.jsonl",
-                           args.out / "dwm" / "analysis")
-    summary = f"{format_comparison(comparison)}\n\n{analysis.summary}\n"
-    staging = args.out / ".summary.md.tmp"
-    staging.write_text(summary)
-    os.replace(staging, args.out / "summary.md")
-    print(summary)
+    run_all(plan_runs(args.out, args.seed, args, args.dwm_flags), args.nproc, args.skip_existing, args.out)
+    print(report(args.out, args.window))
 
 
 if __name__ == "__main__":

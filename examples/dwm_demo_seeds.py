@@ -8,6 +8,10 @@ mean and spread over seeds, and ``seeds.png`` (gain per seed, weights per domain
     done
     .venv/bin/python examples/dwm_demo_seeds.py runs/seeds/* --out runs/seeds
 
+or, training the seeds' experiments first (every run's flags checked before the first starts):
+
+    .venv/bin/python examples/dwm_demo_seeds.py --seeds 4321 1234 2025 --out runs/seeds --iters 800 --lr-decay-style cosine
+
 Each run directory is labelled by its name (the seed, above).
 """
 
@@ -15,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from dwm_demo_experiment import GLOBAL_BATCH, REPO, SEQ_LENGTH
+from dwm_demo_experiment import GLOBAL_BATCH, SEQ_LENGTH, add_experiment_options, plan_runs, report, run_all
 
-sys.path.insert(0, str(REPO))
-
-from megatron_dwm.analysis.comparison import (  # noqa: E402
+from megatron_dwm.analysis.comparison import (
     SeedResult,
     compare,
     format_seed_table,
@@ -31,7 +32,7 @@ from megatron_dwm.analysis.comparison import (  # noqa: E402
     plot_seeds,
     validation_curve,
 )
-from megatron_dwm.analysis.dwm_run import AnalysisError, load_metrics  # noqa: E402
+from megatron_dwm.analysis.dwm_run import AnalysisError, load_metrics
 
 
 def seed_result(run: Path, window: int, weights_after: float) -> SeedResult:
@@ -50,12 +51,22 @@ def seed_result(run: Path, window: int, weights_after: float) -> SeedResult:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="output directories of dwm_demo_experiment.py")
+    parser.add_argument("runs", nargs="*", type=Path, help="output directories of dwm_demo_experiment.py")
     parser.add_argument("--out", type=Path, required=True, help="where seeds.md and seeds.png go")
-    parser.add_argument("--window", type=int, default=5, help="final losses as trailing means over this many evaluations")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[],
+                        help="first run dwm_demo_experiment.py's experiment with each seed, in --out/SEED")
     parser.add_argument("--weights-after", type=float, default=0.75,
                         help="average the domain weights after this fraction of the DWM run")
+    add_experiment_options(parser)
     args = parser.parse_args()
+    if args.seeds:
+        runs = {run: flags for seed in args.seeds for run, flags in plan_runs(args.out / str(seed), seed, args, []).items()}
+        run_all(runs, args.nproc, args.skip_existing, args.out)
+        for seed in args.seeds:
+            report(args.out / str(seed), args.window)
+        args.runs += [args.out / str(seed) for seed in args.seeds]
+    if not args.runs:
+        parser.error("give the experiments' directories, or --seeds to run them")
     try:
         results = [seed_result(run, args.window, args.weights_after) for run in args.runs]
     except (AnalysisError, FileNotFoundError, ValueError) as error:

@@ -3,6 +3,10 @@
 `parse_args` reports every inconsistency at once, naming the flags at fault, before any process
 group is created or any data is read: a ConfigError whose message lists them, values outside their
 flag's range (NUMERIC_RANGES) first.
+
+Importing this module and parsing (``--help`` included) import neither torch nor megatron-core, so
+that ``pretrain_dwm.py --help`` and a misspelt flag answer at once; checks that need them import
+them when they run.
 """
 
 from __future__ import annotations
@@ -13,14 +17,13 @@ import os
 from dataclasses import dataclass
 from typing import Callable, NoReturn, Sequence
 
-from megatron_dwm.data.tokenizer import TOKENIZER_TYPES
 from megatron_dwm.model.presets import PRESETS, LlamaArch, get_preset
-from megatron_dwm.parallel import RankLayout
-from megatron_dwm.platform import validate_platform_options
 
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                      "num_query_groups", "kv_channels", "max_position_embeddings", "vocab_size")
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
+# megatron_dwm.data.tokenizer.TOKENIZER_TYPES, which imports megatron-core (tests check they agree)
+TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
 
 
 class ConfigError(ValueError):
@@ -258,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--save-interval", type=int, default=None, help="iterations between checkpoints")
     checkpoint.add_argument("--load", default=None,
                             help="checkpoint directory to resume from: its newest checkpoint, which must be "
-                                 "complete (a fresh start only if the directory holds no checkpoint at all)")
+                                 "complete; a fresh start only if the directory holds no checkpoint at all, or "
+                                 "does not exist yet and is also --save (a job that resumes itself)")
     checkpoint.add_argument("--ckpt-step", type=int, default=None,
                             help="resume from this iteration's checkpoint of --load instead of the newest")
     checkpoint.add_argument("--no-load-optim", action="store_true", help="do not load optimizer and scheduler")
@@ -310,6 +314,8 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
         problems += _model_problems(args)
     layout = None
     if valid("tensor_model_parallel_size", "pipeline_model_parallel_size", "dwm_ranks"):
+        from megatron_dwm.rank_layout import RankLayout
+
         layout = RankLayout(world_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                             args.dwm_ranks)
         problems += layout.problems()
@@ -327,6 +333,8 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     problems += _dwm_problems(args, dp, valid)
     problems += _data_problems(args)
     problems += _output_problems(args)
+    from megatron_dwm.platform import validate_platform_options
+
     problems += validate_platform_options(args.use_distributed_optimizer)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
@@ -462,12 +470,27 @@ def _data_problems(args: argparse.Namespace) -> list[str]:
         problems += _per_split_problems(args.per_split_data_args_path)
     if args.tokenizer_model is None:
         problems.append(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-model (a .model or tokenizer.json)")
-    elif not os.path.isfile(args.tokenizer_model):
+    elif not os.path.exists(args.tokenizer_model):
         problems.append(f"--tokenizer-model {args.tokenizer_model}: no such file")
+    else:
+        problems += _tokenizer_problems(args.tokenizer_type, args.tokenizer_model)
     if args.dwm_valid_data_path is not None:
         problem = _indexed_problem(args.dwm_valid_data_path, "tools/preprocess_lambada.py")
         problems += [f"--dwm-valid-data-path: {problem}"] if problem else []
     return problems
+
+
+def _tokenizer_problems(tokenizer_type: str, tokenizer_model: str) -> list[str]:
+    """The tokenizer, loaded as the run will load it (a damaged or wrong file fails here, naming the flag)."""
+    from megatron_dwm.data.tokenizer import build_tokenizer
+
+    try:
+        build_tokenizer(tokenizer_type, tokenizer_model)
+    except Exception as error:  # sentencepiece and tokenizers raise anything on a bad file
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return [f"--tokenizer-model {tokenizer_model}: cannot be loaded as --tokenizer-type {tokenizer_type} "
+                f"({type(error).__name__}: {first_line})"]
+    return []
 
 
 def _per_split_problems(path: str) -> list[str]:
@@ -528,11 +551,23 @@ def _output_problems(args: argparse.Namespace) -> list[str]:
         problems.append(f"--metrics-file {args.metrics_file}: its directory cannot be written")
     if args.save_interval is not None and args.save is None:
         problems.append("--save-interval needs --save")
-    if args.load is not None and os.path.exists(args.load) and not os.path.isdir(args.load):
-        problems.append(f"--load {args.load}: not a directory")
+    problems += _load_problems(args.load, args.save)
     if args.ckpt_step is not None and args.load is None:
         problems.append(f"--ckpt-step {args.ckpt_step} needs --load")
     return problems
+
+
+def _load_problems(load: str | None, save: str | None) -> list[str]:
+    """--load must name a directory. One that does not exist is a mistyped path, unless it is --save:
+    a self-resuming job's first start, which trains from scratch (as an existing, empty directory does)."""
+    if load is None or os.path.isdir(load):
+        return []
+    if os.path.exists(load):
+        return [f"--load {load}: not a directory"]
+    if save is not None and os.path.abspath(load) == os.path.abspath(save):
+        return []
+    return [f"--load {load}: no such directory (to start from scratch, leave out --load; a job that resumes "
+            "itself gives --load and --save the same directory, which may not exist yet)"]
 
 
 def _writable_dir(path: str) -> bool:

@@ -58,12 +58,22 @@ def init_platform(force_cpu: bool | None = None, verbose: bool = True) -> Platfo
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         _PLATFORM = Platform(torch.device("cuda", torch.cuda.current_device()), "nccl")
+        if verbose and int(os.environ.get("RANK", "0")) == 0 and not _transformer_engine_installed():
+            print("megatron-dwm: Transformer Engine is not installed: the model uses megatron-core's local layer "
+                  "spec (slower; install transformer-engine for the fused layers)", flush=True)
     else:
         _install_cpu_compatibility()
         _PLATFORM = Platform(_CPU, "gloo")
         if verbose and int(os.environ.get("RANK", "0")) == 0:
             print("megatron-dwm: no GPU in use, CPU mode on (gloo; megatron-core's CUDA calls run on the CPU)", flush=True)
     return _PLATFORM
+
+
+def _transformer_engine_installed() -> bool:
+    """Whether Transformer Engine can be found (not imported: that takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec("transformer_engine") is not None
 
 
 def get_platform() -> Platform:

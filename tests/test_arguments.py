@@ -311,3 +311,45 @@ def test_torchrun_job_shows_the_argument_error_once(tmp_path):
     assert "usage:" not in output
     root_cause = output[output.index("Root Cause"):]  # torchrun's summary, its last lines
     assert "exitcode  : 2" in root_cause and "--micro-batch-size 0 must be >= 1" in root_cause, output
+
+
+def test_tokenizer_types_are_the_tokenizer_modules():
+    from megatron_dwm.arguments import TOKENIZER_TYPES
+    from megatron_dwm.data.tokenizer import TOKENIZER_TYPES as BUILT
+
+    assert TOKENIZER_TYPES == BUILT
+
+
+def test_a_damaged_tokenizer_is_an_argument_error(data_flags, tmp_path):
+    damaged = tmp_path / "tokenizer.json"
+    damaged.write_text("{not json")
+    with pytest.raises(ConfigError) as error:
+        parse_args([*data_flags, "--tokenizer-model", str(damaged)], world_size=1)
+    [problem] = _problems(str(error.value))
+    assert problem.startswith(f"--tokenizer-model {damaged}: cannot be loaded as --tokenizer-type "
+                              "HuggingFaceTokenizer ("), problem
+
+
+# --load: a path that does not exist is a mistake, unless it is --save (a self-resuming job's first
+# start); an existing directory with no checkpoint is a fresh start (the trainer says so).
+def test_a_mistyped_load_is_refused_naming_the_path(data_flags, tmp_path):
+    missing = tmp_path / "chekpoints"
+    for save in ([], ["--save", str(tmp_path / "checkpoints")]):
+        with pytest.raises(ConfigError) as error:
+            parse_args([*data_flags, "--load", str(missing), *save], world_size=1)
+        assert _problems(str(error.value)) == [
+            f"--load {missing}: no such directory (to start from scratch, leave out --load; a job that resumes "
+            "itself gives --load and --save the same directory, which may not exist yet)"]
+
+
+def test_load_may_be_missing_when_it_is_save_or_empty(data_flags, tmp_path):
+    parse_args([*data_flags, "--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "ckpt") + "/"], world_size=1)
+    parse_args([*data_flags, "--load", str(tmp_path)], world_size=1)
+
+
+def test_load_must_be_a_directory(data_flags, tmp_path):
+    file = tmp_path / "ckpt"
+    file.write_text("")
+    with pytest.raises(ConfigError) as error:
+        parse_args([*data_flags, "--load", str(file)], world_size=1)
+    assert _problems(str(error.value)) == [f"--load {file}: not a directory"]

@@ -65,3 +65,29 @@ def test_cpu_mode_announces_itself_once_and_leaves_torch_alone_until_asked():
     code_import_only = "import torch; c = torch.cuda.current_device; import megatron_dwm.platform; print(torch.cuda.current_device is c)"
     out = subprocess.run([sys.executable, "-c", code_import_only], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"  # importing the module changes nothing
+
+
+def _fake_gpu(monkeypatch, transformer_engine: bool) -> None:
+    from megatron_dwm import platform
+
+    monkeypatch.setattr(platform, "_PLATFORM", None)
+    monkeypatch.setattr(platform, "_transformer_engine_installed", lambda: transformer_engine)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.delenv("MEGATRON_DWM_FORCE_CPU", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+
+
+def test_gpu_without_transformer_engine_says_so_in_one_line(monkeypatch, capsys):
+    from megatron_dwm.platform import init_platform
+
+    _fake_gpu(monkeypatch, transformer_engine=False)
+    assert init_platform().backend == "nccl"
+    assert capsys.readouterr().out == (
+        "megatron-dwm: Transformer Engine is not installed: the model uses megatron-core's local layer spec "
+        "(slower; install transformer-engine for the fused layers)\n")
+    _fake_gpu(monkeypatch, transformer_engine=True)
+    init_platform()
+    assert capsys.readouterr().out == ""

@@ -29,11 +29,12 @@ import os
 import random
 import re
 import sys
-import warnings
 from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+from megatron_dwm.library_warnings import quiet_library_messages  # noqa: E402
+
+quiet_library_messages()  # before megatron-core is imported
 
 import zstandard  # noqa: E402
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+from megatron_dwm.library_warnings import quiet_library_messages  # noqa: E402
+
+quiet_library_messages()  # before megatron-core is imported
 
 from megatron_dwm.data.preprocess import PreprocessConfig, preprocess, run_as_command  # noqa: E402
 from megatron_dwm.data.tokenizer import TOKENIZER_TYPES  # noqa: E402

@@ -1,8 +1,14 @@
-"""Post-hoc analysis of a DWM run: domain weights over time, weight histograms per stage, and the
-correlation of sample weights with per-document quality scores (the paper's preference analysis).
+"""Post-hoc analysis of a run: loss curves; with the DWM, domain weights over time, weight
+histograms per stage, and the correlation of sample weights with per-document quality scores (the
+paper's preference analysis).
 
-Inputs are the trainer's `metrics.jsonl` and `dwm_samples.jsonl` and, optionally, a CSV or JSON
-lines file of document scores; `tools/analyze_dwm.py` is the command line.
+Inputs are the trainer's `metrics.jsonl` and `dwm_samples.jsonl` (absent for a run without the DWM)
+and, optionally, a CSV or JSON lines file of document scores; `tools/analyze_dwm.py` is the command
+line.
+
+Iterations are those of the metrics: the number of steps completed. Stage s of a schedule with
+stage length L covers the 0-based steps [s*L, (s+1)*L), logged as iterations s*L + 1 .. (s+1)*L, so
+its boundary is drawn at s*L, and a DWM phase of K steps spans [s*L, s*L + K].
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from typing import IO, Any, Callable
 
 import numpy as np
 
-from megatron_dwm.training.metrics import read_metrics
+from megatron_dwm.training.metrics import SCHEDULE_PREFIX, read_metrics
 
 DOMAIN_WEIGHT_PREFIX = "dwm/weight/"
+DWM_PREFIX = "dwm/"  # every scalar the DWM logs ("dwm-valid loss" is an evaluation, logged without it too)
+TRAIN_LOSS, VALID_LOSS, TARGET_LOSS = "lm loss", "lm loss validation", "dwm-valid loss"
 CORRELATION_FIELDS = ["stage", "score", "samples", "matched", "pearson", "spearman"]
 
 
@@ -37,6 +45,30 @@ class SampleBatch:
     domain: list[str]
     document_id: list[int]
     weight: list[float]
+
+
+@dataclass(frozen=True)
+class RecordedSchedule:
+    """The stage schedule a run logged (its `dwm/schedule/...` scalars)."""
+
+    train_iters: int
+    stages: int
+    stage_length: int
+    update_iters: int
+    frozen: bool
+
+    def boundaries(self) -> list[int]:
+        """Iterations (steps completed) at which stages 1, 2, ... start."""
+        return [stage * self.stage_length for stage in range(1, self.stages)]
+
+    def phase_spans(self) -> list[tuple[int, int]]:
+        """(start, end) of each stage's DWM phase, its first `update_iters` steps (none when frozen);
+        the last stage runs to `train_iters`."""
+        if self.frozen or self.update_iters == 0:
+            return []
+        ends = [*self.boundaries(), self.train_iters]
+        return [(stage * self.stage_length, min(stage * self.stage_length + self.update_iters, ends[stage]))
+                for stage in range(self.stages)]
 
 
 @dataclass
@@ -179,15 +211,56 @@ def load_scores(path: str | os.PathLike) -> tuple[list[str], dict[tuple[str, int
 
 # ---------------------------------------------------------------- computing
 
+def has_dwm(records: list[dict[str, Any]]) -> bool:
+    """Whether the run logged any DWM scalar (`dwm/...`); a run with --dwm-disable logs none."""
+    return any(key.startswith(DWM_PREFIX) for record in records for key in record)
+
+
+_SCHEDULE_KEYS = ("train iters", "stages", "update iters", "frozen")
+
+
+def recorded_schedule(records: list[dict[str, Any]]) -> RecordedSchedule | None:
+    """The schedule the run logged with its first record, None if it logged none (an older trainer)."""
+    values = {key[len(SCHEDULE_PREFIX):]: value for record in records for key, value in record.items()
+              if key.startswith(SCHEDULE_PREFIX)}
+    if not values:
+        return None
+    missing = [SCHEDULE_PREFIX + key for key in _SCHEDULE_KEYS if not _is_int(values.get(key))]
+    if missing:
+        raise AnalysisError(f"the metrics' schedule record lacks integer {', '.join(missing)}")
+    train_iters, stages = values["train iters"], values["stages"]
+    if not 1 <= stages <= train_iters:
+        raise AnalysisError(f"the metrics' schedule record has {stages} stages in {train_iters} iterations")
+    length = values.get("stage length")
+    return RecordedSchedule(train_iters, stages, length if _is_int(length) else train_iters // stages,
+                            values["update iters"], bool(values["frozen"]))
+
+
 def stage_boundaries(records: list[dict[str, Any]]) -> list[int]:
-    """Iterations whose `dwm/stage` differs from that of the previous record that has one."""
+    """Iterations at which a new stage starts: the run's recorded schedule, else inferred from the
+    logged `dwm/stage` (:func:`inferred_stage_boundaries`)."""
+    schedule = recorded_schedule(records)
+    return schedule.boundaries() if schedule else inferred_stage_boundaries(records)
+
+
+def dwm_phase_spans(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(start, end) iterations of each DWM phase: the run's recorded schedule, else inferred from the
+    logged `dwm/phase` (:func:`inferred_dwm_phase_spans`)."""
+    schedule = recorded_schedule(records)
+    return schedule.phase_spans() if schedule else inferred_dwm_phase_spans(records)
+
+
+def inferred_stage_boundaries(records: list[dict[str, Any]]) -> list[int]:
+    """Iterations whose `dwm/stage` differs from that of the previous record that has one: up to one
+    log interval after the true boundary."""
     stages = [(r["iteration"], r["dwm/stage"]) for r in records if "dwm/stage" in r]
     return [iteration for (_, before), (iteration, stage) in zip(stages, stages[1:]) if stage != before]
 
 
-def dwm_phase_spans(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
+def inferred_dwm_phase_spans(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
     """(start, end) iterations of each run of records with `dwm/phase` 1. A span ends at the next
-    record with `dwm/phase` 0 (the switch happened in that log interval), else at the last record."""
+    record with `dwm/phase` 0 (the switch happened in that log interval), else at the last record;
+    a phase that no logged iteration fell in is missed."""
     phases = [(r["iteration"], r["dwm/phase"] == 1) for r in records if "dwm/phase" in r]
     spans = []
     for index, (iteration, on) in enumerate(phases):
@@ -197,16 +270,36 @@ def dwm_phase_spans(records: list[dict[str, Any]]) -> list[tuple[int, int]]:
     return spans
 
 
-def domain_weight_series(records: list[dict[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
-    """Domain name -> (iterations, mean weights) from the `dwm/weight/<domain>` scalars."""
-    series: dict[str, tuple[list[int], list[float]]] = {}
+Series = tuple[list[int], list[float]]  # (iterations, values)
+
+
+def scalar_series(records: list[dict[str, Any]], key: str) -> Series:
+    """(iterations, values) of the records that hold `key`."""
+    pairs = [(r["iteration"], float(r[key])) for r in records if key in r]
+    return [i for i, _ in pairs], [v for _, v in pairs]
+
+
+def prefixed_series(records: list[dict[str, Any]], prefix: str) -> dict[str, Series]:
+    """Name -> (iterations, values) of the `<prefix><name>` scalars, sorted by name."""
+    series: dict[str, Series] = {}
     for record in records:
         for key, value in record.items():
-            if key.startswith(DOMAIN_WEIGHT_PREFIX):
-                iterations, weights = series.setdefault(key[len(DOMAIN_WEIGHT_PREFIX):], ([], []))
+            if key.startswith(prefix):
+                iterations, values = series.setdefault(key[len(prefix):], ([], []))
                 iterations.append(record["iteration"])
-                weights.append(float(value))
+                values.append(float(value))
     return dict(sorted(series.items()))
+
+
+def domain_weight_series(records: list[dict[str, Any]]) -> dict[str, Series]:
+    """Domain name -> (iterations, mean weights) from the `dwm/weight/<domain>` scalars."""
+    return prefixed_series(records, DOMAIN_WEIGHT_PREFIX)
+
+
+def final_value(records: list[dict[str, Any]], key: str) -> tuple[int, float] | None:
+    """(iteration, value) of the last record holding `key`; None if none does."""
+    iterations, values = scalar_series(records, key)
+    return (iterations[-1], values[-1]) if iterations else None
 
 
 def stage_weights(batches: list[SampleBatch]) -> dict[int, np.ndarray]:
@@ -303,21 +396,63 @@ def agg_figure(**kwargs: Any) -> Any:
     return figure
 
 
+def _draw_stages(axes: Any, records: list[dict[str, Any]]) -> None:
+    """DWM phases shaded and stage boundaries dashed, at the iterations of the run's schedule."""
+    for index, (start, end) in enumerate(dwm_phase_spans(records)):
+        axes.axvspan(start, end, color="tab:orange", alpha=0.15, label="DWM phase" if index == 0 else None)
+    for index, iteration in enumerate(stage_boundaries(records)):
+        axes.axvline(iteration, color="black", linestyle="--", linewidth=0.8,
+                     label="stage boundary" if index == 0 else None)
+
+
+def _legend(axes: Any) -> None:
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize="small", loc="best")
+
+
 def plot_domain_weights(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Mean weight per domain vs iteration, stage boundaries dashed, DWM phases shaded."""
     figure = agg_figure(figsize=(10, 5))
     axes = figure.subplots()
     for domain, (iterations, weights) in domain_weight_series(records).items():
         axes.plot(iterations, weights, label=domain, linewidth=1.2)
-    for index, (start, end) in enumerate(dwm_phase_spans(records)):
-        axes.axvspan(start, end, color="tab:orange", alpha=0.15, label="DWM phase" if index == 0 else None)
-    for index, iteration in enumerate(stage_boundaries(records)):
-        axes.axvline(iteration, color="black", linestyle="--", linewidth=0.8,
-                     label="stage boundary" if index == 0 else None)
+    _draw_stages(axes, records)
     axes.axhline(1.0, color="gray", linewidth=0.8)
     axes.set(xlabel="iteration", ylabel="mean sample weight", title="DWM weight per domain")
-    if axes.get_legend_handles_labels()[0]:
-        axes.legend(fontsize="small", loc="best")
+    _legend(axes)
+    return save_figure(figure, path)
+
+
+def _plot_losses(axes: Any, records: list[dict[str, Any]], total: str, domain_prefix: str,
+                 marker: str | None = None) -> None:
+    """`total` in black, its `<domain_prefix><domain>` curves thinner, in colour."""
+    iterations, values = scalar_series(records, total)
+    if iterations:
+        axes.plot(iterations, values, color="black", linewidth=1.8, marker=marker, label=total)
+    for domain, (iterations, values) in prefixed_series(records, domain_prefix).items():
+        axes.plot(iterations, values, linewidth=0.9, marker=marker, markersize=3, label=domain)
+
+
+def plot_loss_curves(records: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Training loss (`lm loss` and per domain `lm loss/<domain>`) vs iteration and, when the run
+    evaluated, a panel of validation losses (`lm loss validation` and its domains, `dwm-valid loss`,
+    the DWM's target); with the DWM, its stages and phases as in :func:`plot_domain_weights`."""
+    evaluated = any(VALID_LOSS in r or TARGET_LOSS in r for r in records)
+    figure = agg_figure(figsize=(10, 8 if evaluated else 5), layout="tight")
+    panels = figure.subplots(2 if evaluated else 1, 1, sharex=True, squeeze=False)[:, 0]
+    _plot_losses(panels[0], records, TRAIN_LOSS, f"{TRAIN_LOSS}/")
+    panels[0].set(ylabel="loss", title="training loss")
+    if evaluated:
+        _plot_losses(panels[1], records, VALID_LOSS, f"{VALID_LOSS}/", marker="o")
+        iterations, values = scalar_series(records, TARGET_LOSS)
+        if iterations:
+            panels[1].plot(iterations, values, color="tab:red", linewidth=1.8, marker="s",
+                           label=f"{TARGET_LOSS} (the DWM's target)")
+        panels[1].set(ylabel="loss", title="validation loss")
+    for axes in panels:
+        _draw_stages(axes, records)
+        _legend(axes)
+    panels[-1].set_xlabel("iteration")
     return save_figure(figure, path)
 
 
@@ -358,10 +493,31 @@ def plot_score_correlations(rows: list[Correlation], path: str | os.PathLike) ->
     return save_figure(figure, path)
 
 
-def format_summary(batches: list[SampleBatch], boundaries: list[int],
+def _format_final_losses(records: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for what, key in (("training loss", TRAIN_LOSS), ("validation loss", VALID_LOSS), ("target loss", TARGET_LOSS)):
+        final = final_value(records, key)
+        lines.append(f"final {what} ({key}): " + (f"{final[1]:.6f} at iteration {final[0]}" if final else "not logged"))
+    return lines
+
+
+def _format_stages(records: list[dict[str, Any]]) -> list[str]:
+    schedule = recorded_schedule(records)
+    source = ("from the run's schedule" if schedule else
+              "inferred from the logged dwm/stage and dwm/phase: up to one log interval late")
+    phases = ", ".join(f"{start}-{end}" for start, end in dwm_phase_spans(records))
+    return [f"stage boundaries (iterations): {', '.join(map(str, stage_boundaries(records))) or 'none'} ({source})",
+            f"DWM phases (iterations): {phases or 'none'}"]
+
+
+def format_summary(records: list[dict[str, Any]], batches: list[SampleBatch] | None,
                    correlations: list[Correlation] | None = None) -> str:
-    """Per stage: sample count and mean weight per domain; then the correlation table, if any."""
-    lines = [f"stage boundaries (iterations): {', '.join(map(str, boundaries)) or 'none'}"]
+    """Whether the DWM was on, the final losses; with the DWM, its stages and phases, per stage the
+    sample count and mean weight per domain, then the correlation table, if any."""
+    if batches is None:
+        return "\n".join(["DWM: off (no dwm/ scalars in the metrics, no dwm_samples.jsonl): every sample weighed 1",
+                          *_format_final_losses(records)])
+    lines = ["DWM: on", *_format_final_losses(records), *_format_stages(records)]
     for stage, domains in stage_domain_means(batches).items():
         total = sum(n for _, n in domains.values())
         lines.append(f"stage {stage}: {total} samples")
@@ -380,18 +536,44 @@ class Analysis:
     summary: str
     outputs: list[Path]
     correlations: list[Correlation] | None
+    dwm: bool  # whether the run had a DWM
 
 
-def analyze_run(metrics_path: str | os.PathLike, samples_path: str | os.PathLike, out_dir: str | os.PathLike,
-                scores_path: str | os.PathLike | None = None, bins: int = 50, log_y: bool = False) -> Analysis:
-    """Read every input (so a bad one fails before anything is written), then write the figures,
-    and with scores the correlation CSV, into `out_dir`."""
-    records, batches = load_metrics(metrics_path), load_samples(samples_path)
+def _dwm_samples(records: list[dict[str, Any]], samples_path: str | os.PathLike | None) -> list[SampleBatch] | None:
+    """The run's per-sample weights; None for a run without the DWM (no dwm/ scalars, no samples file)."""
+    exists = samples_path is not None and Path(samples_path).is_file()
+    if not exists and not has_dwm(records):
+        return None
+    if samples_path is None:
+        raise AnalysisError("the metrics hold DWM scalars (dwm/...), so the run had a DWM, but no samples file "
+                            "(dwm_samples.jsonl) was given")
+    if not exists:
+        raise AnalysisError(f"{samples_path}: file not found (the metrics hold DWM scalars, dwm/..., so the run "
+                            "had a DWM, which logs its per-sample weights there; pass --samples PATH if elsewhere)")
+    return load_samples(samples_path)
+
+
+def analyze_run(metrics_path: str | os.PathLike, samples_path: str | os.PathLike | None,
+                out_dir: str | os.PathLike, scores_path: str | os.PathLike | None = None, bins: int = 50,
+                log_y: bool = False) -> Analysis:
+    """Read every input (so a bad one fails before anything is written), then write into `out_dir`
+    the loss curves and, for a run with the DWM, its figures and with scores the correlation CSV.
+
+    A run without the DWM (no `dwm/...` scalars, no samples file) gets the loss curves only; scores
+    need the DWM's sample weights and are refused for it.
+    """
+    records = load_metrics(metrics_path)
+    batches = _dwm_samples(records, samples_path)
+    if batches is None and scores_path is not None:
+        raise AnalysisError(f"{scores_path}: scores are correlated with the DWM's sample weights, and "
+                            f"{metrics_path} is of a run without the DWM")
     correlations = None if scores_path is None else score_correlations(batches, *load_scores(scores_path))
     out = Path(out_dir)
-    outputs = [plot_domain_weights(records, out / "domain_weights.png"),
-               plot_weight_histograms(batches, out / "weight_histograms.png", bins, log_y)]
+    outputs = [plot_loss_curves(records, out / "loss_curves.png")]
+    if batches is not None:
+        outputs += [plot_domain_weights(records, out / "domain_weights.png"),
+                    plot_weight_histograms(batches, out / "weight_histograms.png", bins, log_y)]
     if correlations is not None:
         outputs += [plot_score_correlations(correlations, out / "score_correlations.png"),
                     write_correlations_csv(correlations, out / "score_correlations.csv")]
-    return Analysis(format_summary(batches, stage_boundaries(records), correlations), outputs, correlations)
+    return Analysis(format_summary(records, batches, correlations), outputs, correlations, batches is not None)

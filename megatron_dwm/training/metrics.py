@@ -19,6 +19,12 @@ PEAK_MEMORY_METRIC = "max memory allocated (GiB)"
 WALL_CLOCK_METRICS = frozenset({"elapsed time per iteration (ms)", "throughput per GPU (TFLOP/s/GPU)",
                                 "tokens per second", "samples per second", "MFU", "dwm/weights time (ms)",
                                 PEAK_MEMORY_METRIC})
+# The DWM's stage schedule (megatron_dwm.dwm.schedule.StageSchedule) as scalars: metric name after
+# SCHEDULE_PREFIX -> the schedule's attribute. A run logs them once, so that the analysis draws stages
+# and DWM phases at their true iterations rather than at the logged ones.
+SCHEDULE_PREFIX = "dwm/schedule/"
+SCHEDULE_FIELDS = {"train iters": "train_iters", "stages": "stages", "stage length": "stage_length",
+                   "update iters": "update_iters", "update interval": "update_interval", "frozen": "frozen"}
 # Non-finite floats are not JSON; they are written as these strings and read back as floats.
 _NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -88,6 +94,11 @@ class MetricsWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def schedule_scalars(schedule: Any) -> dict[str, int]:
+    """A StageSchedule's fields as integer scalars named SCHEDULE_PREFIX + a key of SCHEDULE_FIELDS."""
+    return {SCHEDULE_PREFIX + name: int(getattr(schedule, attribute)) for name, attribute in SCHEDULE_FIELDS.items()}
 
 
 def _drop_partial_last_line(path: Path) -> None:

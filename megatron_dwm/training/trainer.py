@@ -46,8 +46,8 @@ from megatron_dwm.training.faults import (
 )
 from megatron_dwm.training.flops import model_flops_utilization, num_floating_point_operations, peak_flops_per_device
 from megatron_dwm.training.loss import WeightedLoss
-from megatron_dwm.training.metrics import (PEAK_MEMORY_METRIC, MetricsWriter, format_log_line, set_aside_records_after,
-                                          superseded_path)
+from megatron_dwm.training.metrics import (PEAK_MEMORY_METRIC, MetricsWriter, format_log_line, schedule_scalars,
+                                          set_aside_records_after, superseded_path)
 from megatron_dwm.training.progress import TrainingProgress
 from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, set_rng_state, sharded_rng_state
 from megatron_dwm.training.step import run_global_batch
@@ -117,6 +117,7 @@ class Trainer:
         if self.is_logging_rank:
             self._set_aside_later_records()
         self._interval = _IntervalStats(len(self.data.domains))
+        self._schedule_to_log = self._schedule_scalars() if self.progress.iteration == 0 else {}
         if self._loaded_rng_state is not None:
             # Last: building the data loaders draws from torch's generator, as it did at the start of
             # the run that saved these states; the streams continue where that run's stopped.
@@ -402,14 +403,30 @@ class Trainer:
                             for name, value in stats.totals.domain_means(self.data.domains).items()})
             dwm = self.weighting.pop_metrics(self.data.domains, self.progress.iteration)
             scalars.update(dwm)
+            scalars.update(self._schedule_to_log)  # a fresh run's first record only
+            self._schedule_to_log = {}
             self.metrics.write(self.progress.iteration, scalars)
             console = {k: v for k, v in scalars.items() if "/" not in k or "TFLOP" in k}
+            if self.device.type != "cuda":  # FLOP/s of a CPU mean nothing; the metrics file keeps them
+                console.pop("throughput per GPU (TFLOP/s/GPU)")
             console.update({f"w[{k.removeprefix('dwm/weight/')}]": v for k, v in dwm.items()
                             if k.startswith("dwm/weight/")})
             print(format_log_line(self.progress.iteration, args.train_iters, console), flush=True)
         else:
             self.weighting.pop_metrics(self.data.domains, self.progress.iteration)
         stats.restart()
+
+    def _schedule_scalars(self) -> dict[str, int]:
+        """The DWM's stage schedule as `dwm/schedule/...` scalars ({} without a DWM), logged with the
+        first training record of a run that starts at iteration 0: a resumed run logs none, so its
+        records equal those of an uninterrupted run, and no record of its own holds only them.
+
+        Numbering: the schedule counts 0-based steps (stage s covers steps [s*L, (s+1)*L)), while a
+        record's "iteration" counts the steps completed, so step j is logged as iteration j + 1 and
+        stage s as iterations s*L + 1 .. (s+1)*L; the analysis draws stage s's start at s*L.
+        """
+        schedule = getattr(self.weighting, "schedule", None)  # UniformWeighting (--dwm-disable) has none
+        return schedule_scalars(schedule) if isinstance(schedule, StageSchedule) else {}
 
     def _metrics_path(self) -> str | None:
         if self.args.metrics_file:

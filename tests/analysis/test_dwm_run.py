@@ -208,7 +208,8 @@ def test_cli_writes_figures_csv_and_summary(run_dir, tmp_path, capsys):
     scores = _write_scores_csv(tmp_path / "scores.csv")
     assert main([str(run_dir), "--scores", str(scores), "--log-y"]) == 0
     out = run_dir / "analysis"
-    names = ["domain_weights.png", "score_correlations.csv", "score_correlations.png", "weight_histograms.png"]
+    names = ["domain_weights.png", "loss_curves.png", "score_correlations.csv", "score_correlations.png",
+             "weight_histograms.png"]
     assert sorted(p.name for p in out.iterdir()) == names  # no temporary files left behind
     for name in names:
         if name.endswith(".png"):
@@ -219,7 +220,8 @@ def test_cli_writes_figures_csv_and_summary(run_dir, tmp_path, capsys):
         ("0", "quality", "40"), ("0", "style", "20"), ("1", "quality", "32"), ("1", "style", "16")]
     assert float(table[2]["pearson"]) == pytest.approx(1.0)
     summary = capsys.readouterr().out
-    assert "stage boundaries (iterations): 60" in summary
+    assert "DWM: on" in summary and "final training loss (lm loss): 3.000000 at iteration 100" in summary
+    assert "stage boundaries (iterations): 60 (inferred" in summary  # no schedule record: from the logs
     assert "stage 0: 40 samples" in summary and "stage 1: 40 samples" in summary
     assert "mean weight   0.5150  samples 20" in summary  # domain A, stage 0
     assert "32/40" in summary
@@ -230,16 +232,18 @@ def test_cli_explicit_paths_and_no_scores(run_dir, tmp_path, capsys):
     samples = run_dir / "dwm_samples.jsonl"
     moved = samples.rename(tmp_path / "weights.jsonl")
     assert main([str(run_dir), "--samples", str(moved), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["domain_weights.png", "weight_histograms.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["domain_weights.png", "loss_curves.png", "weight_histograms.png"]
     assert "pearson" not in capsys.readouterr().out
 
 
 def test_cli_reports_missing_run_dir_and_files(tmp_path, capsys):
     assert main([str(tmp_path / "absent")]) == 1
-    assert f"{tmp_path / 'absent'}: run directory not found" in capsys.readouterr().err
-    _write_jsonl(tmp_path / "metrics.jsonl", [_metric(10)])
+    assert f"{tmp_path / 'absent'}: not found (expected a run directory" in capsys.readouterr().err
+    _write_jsonl(tmp_path / "metrics.jsonl", [_metric(10)])  # DWM scalars, but no samples file
     assert main([str(tmp_path)]) == 1
-    assert f"{tmp_path / 'dwm_samples.jsonl'}: file not found" in capsys.readouterr().err
+    assert f"{tmp_path / 'dwm_samples.jsonl'}: file not found (the metrics hold DWM scalars" in capsys.readouterr().err
+    assert main([str(tmp_path), "--samples", str(tmp_path / "weights.jsonl")]) == 1
+    assert f"--samples {tmp_path / 'weights.jsonl'}: file not found" in capsys.readouterr().err
     assert not (tmp_path / "analysis").exists()
 
 
@@ -255,5 +259,6 @@ def test_help_documents_outputs(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for word in ("RUN_DIR", "--metrics", "--samples", "--scores", "--out", "--log-y", "score_correlations.csv"):
+    for word in ("RUN", "TensorBoard directory", "loss_curves.png", "--metrics", "--samples", "--scores", "--out",
+                 "--log-y", "score_correlations.csv"):
         assert word in text

@@ -4,6 +4,7 @@ holds the per-domain losses, learning rate, throughput and validation curves."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,41 @@ def test_demo_run_learns_and_logs_per_domain_losses_to_tensorboard(tmp_path):
     assert tokenizer.decode(tokenizer("The sea.")["input_ids"]).strip() == "The sea."
     results = json.loads((tmp_path / "eval.json").read_text())
     assert "dwm_synthetic_choice" in json.dumps(results) and (tmp_path / "eval.md").read_text().count("|") > 10
+
+
+def test_demo_configuration_runs_the_dwm_and_writes_its_summary_and_plots(tmp_path):
+    """`make demo`'s flags (the Makefile's DEMO_ARGS and DEMO_DWM_ARGS), shortened to 8 iterations
+    in 2 stages, on 2 ranks; then tools/demo_summary.py, as `make demo` ends."""
+    import importlib.util
+
+    from tests.test_experiment_scripts import makefile_variable
+
+    data_path = (DEMO / "indexed" / "data_path.txt").read_text().split()
+    run = tmp_path / "demo"
+    flags = [*makefile_variable("DEMO_ARGS"), *makefile_variable("DEMO_DWM_ARGS"),
+             "--train-iters", "8", "--lr-warmup-iters", "2", "--dwm-stages", "2", "--dwm-update-iters", "2", "--log-interval", "2",
+             "--eval-interval", "4", "--eval-iters", "1", "--save-interval", "4"]
+    run_job([*flags, "--data-path", *data_path,
+             "--dwm-valid-data-path", str(DEMO / "indexed" / "lambada_style_text_document"),
+             "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", str(DEMO / "tokenizers" / "demo-spm.model"),
+             "--save", str(run / "checkpoints"), "--load", str(run / "checkpoints"),
+             "--tensorboard-dir", str(run / "tensorboard"), "--data-cache-path", str(tmp_path / "index-cache")],
+            2, tmp_path / "logs")
+
+    spec = importlib.util.spec_from_file_location("demo_summary", REPO / "tools" / "demo_summary.py")
+    demo_summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo_summary)
+    assert demo_summary.main([str(run), "--", *flags]) == 0
+
+    summary = (run / "summary.md").read_text()
+    assert "tiny Llama (4 layers, hidden size 64)" in summary
+    assert "8 of 8 iterations, 16,384 tokens" in summary  # 8 x 16 samples x 128 tokens
+    domains = sorted(os.path.basename(p).removesuffix("_text_document") for p in data_path[1::2])
+    assert len(domains) == 5 and f"trained on 5 domains: {', '.join(domains)}" in summary
+    weights = dict(re.findall(r"^  (RedPajama\w+) +(\d+\.\d{3})$", summary, re.MULTILINE))
+    assert sorted(weights) == domains and all(0.1 <= float(w) <= 2 for w in weights.values())
+    assert re.search(r"^target loss: \d+\.\d{3} \(dwm-valid loss", summary, re.MULTILINE)
+    for path in (run / "checkpoints", run / "tensorboard" / "metrics.jsonl", run / "analysis" / "domain_weights.png",
+                 run / "analysis" / "weight_histograms.png", run / "summary.md"):
+        assert path.exists() and str(path) in summary
+    assert f"--logdir {run / 'tensorboard'}" in summary
