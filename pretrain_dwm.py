@@ -51,17 +51,25 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         exit_on_start_up_error(str(error), context.rank)
     except (NonFiniteStepsError, ExchangeError) as error:
-        print(f"error: rank {context.rank}: {error}", file=sys.stderr, flush=True)
-        exit_now(1)
+        report_run_error(f"error: rank {context.rank}: {error}")
     except BaseException as error:
         lost = lost_peer_message(error)
         if lost is None:
             traceback.print_exc()
         else:
-            print(f"error: rank {context.rank}: {lost}", file=sys.stderr, flush=True)
+            report_run_error(f"error: rank {context.rank}: {lost}")
         exit_now(1)
     destroy_parallel()
     return code
+
+
+def report_run_error(text: str) -> NoReturn:
+    """A fault met while training (a lost peer rank, non-finite steps): each rank that meets it says
+    so in its own log, naming itself, and torchrun's summary shows it as the job's root cause (its
+    last lines) rather than a traceback; exit 1 at once."""
+    print(text, file=sys.stderr, flush=True)
+    _write_launcher_error_file(text)
+    exit_now(1)
 
 
 def exit_on_argument_error(message: str) -> NoReturn:

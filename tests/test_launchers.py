@@ -42,17 +42,21 @@ def _indexed(prefix: Path) -> str:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict[str, str]:
-    """Placeholder data prefixes, tokenizer and DWM checkpoint: enough for the flag checks."""
+    """Placeholder data prefixes, a small SentencePiece model (the flag checks load it) and a DWM
+    checkpoint directory: enough for the flag checks."""
+    from megatron_dwm.data.tokenizer_training import train_sentencepiece
+
     root = tmp_path_factory.mktemp("launch")
     for domain in DOMAINS:
         _indexed(root / "slimpajama" / f"{domain}_text_document")
-    (root / "tokenizer.model").touch()
+    texts = [f"launch number {i}: the quick brown fox jumps over the lazy dog" for i in range(200)]
+    tokenizer = train_sentencepiece(texts, str(root / "tokenizer"), vocab_size=320, num_threads=1)
     (root / "dwm-checkpoint").mkdir()
     return {
         "DATA_DIR": str(root / "slimpajama"),
         "LAMBADA_PATH": _indexed(root / "lambada" / "lambada_text_document"),
         "SELECTED_DATA_PATH": _indexed(root / "selected" / "dsir_text_document"),
-        "TOKENIZER_MODEL": str(root / "tokenizer.model"),
+        "TOKENIZER_MODEL": str(tokenizer),
         "DWM_CHECKPOINT": str(root / "dwm-checkpoint"),
         "OUTPUT_DIR": str(root / "run"),
     }
