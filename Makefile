@@ -30,13 +30,13 @@ test: setup demo-data
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # A small Llama (`tiny` preset) trained with the DWM on the demo corpus on CPU: 2 gloo ranks, about
-# 6 minutes on 2 cores. Evaluates on the LAMBADA-style set (the DWM's target) every 20 iterations;
+# 4 minutes on 2 cores (5 from a fresh clone, building the demo corpus first). Evaluates on the LAMBADA-style set (the DWM's target) every 20 iterations;
 # checkpoints, TensorBoard logs, metrics and plots under $(DEMO_RUN), then a summary
 # (tools/demo_summary.py). `make demo` again resumes from the checkpoints.
 # The configuration is the one measured in docs/results.md, "Does the DWM help?", first table
 # (400 iterations, constant learning rate after warm-up, seed 4321; there the LAMBADA-style loss
 # ended below the uniform baseline's, measured before the outer step's fix; with the fix it ends
-# slightly above, 6.867 vs 6.834, see the same section); DEMO_DWM_ARGS are DWM_FLAGS of
+# above, 6.963 vs 6.876, see the same section); DEMO_DWM_ARGS are DWM_FLAGS of
 # examples/dwm_demo_experiment.py (4 stages, each opening with a DWM phase of 50 iterations; the
 # plain gradient as the finite-difference direction, weights clipped to [0.1, 2]).
 DEMO_RUN ?= runs/demo
