@@ -71,6 +71,7 @@ from bench_train import run as run_training  # noqa: E402
 from bench_train import summarize  # noqa: E402
 from random_corpus import make_random_corpus  # noqa: E402
 
+from megatron_dwm.analysis.dwm_run import write_text_atomically  # noqa: E402
 from megatron_dwm.training.metrics import PEAK_MEMORY_METRIC  # noqa: E402
 
 PARTS = ("environment", "kernel tests", "loss kernel", "training")
@@ -190,10 +191,8 @@ class Check:
 
     def write_report(self) -> None:
         """report.json and report.md, each replaced atomically."""
-        for name, text in (("report.json", json.dumps(self.report, indent=1)), ("report.md", render_markdown(self.report))):
-            temporary = self.out / f".{name}.tmp"
-            temporary.write_text(text)
-            os.replace(temporary, self.out / name)
+        write_text_atomically(self.out / "report.json", json.dumps(self.report, indent=1))
+        write_text_atomically(self.out / "report.md", render_markdown(self.report))
 
 
 # ---------------------------------------------------------------------------------------------

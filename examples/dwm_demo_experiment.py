@@ -23,13 +23,12 @@ run shows its progress, and a failed run's error lines are printed from its ``tr
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from demo_runs import REPO, check_runs, train
 
-from megatron_dwm.analysis.comparison import compare, format_comparison, plot_comparison, validation_curve
-from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics
+from megatron_dwm.analysis.comparison import compare_runs, format_comparison
+from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics, write_text_atomically
 
 DEMO = REPO / "demo_data"
 SEQ_LENGTH, GLOBAL_BATCH = 128, 16
@@ -86,16 +85,11 @@ def run_all(runs: dict[Path, list[str]], nproc: int, skip_existing: bool, names_
 
 def report(out: Path, window: int) -> str:
     """comparison.png, dwm/analysis/ and summary.md of one experiment directory; returns the summary."""
-    tokens_per_iteration = SEQ_LENGTH * GLOBAL_BATCH
-    dwm = validation_curve(load_metrics(out / "dwm" / "metrics.jsonl"), tokens_per_iteration)
-    baseline = validation_curve(load_metrics(out / "baseline" / "metrics.jsonl"), tokens_per_iteration)
-    comparison = compare(dwm, baseline, window)
-    plot_comparison(dwm, baseline, comparison, out / "comparison.png", window=window)
+    comparison = compare_runs(load_metrics(out / "dwm" / "metrics.jsonl"), load_metrics(out / "baseline" / "metrics.jsonl"),
+                              SEQ_LENGTH * GLOBAL_BATCH, window, out / "comparison.png")
     analysis = analyze_run(out / "dwm" / "metrics.jsonl", out / "dwm" / "dwm_samples.jsonl", out / "dwm" / "analysis")
     summary = f"{format_comparison(comparison)}\n\n{analysis.summary}\n"
-    staging = out / ".summary.md.tmp"
-    staging.write_text(summary)
-    os.replace(staging, out / "summary.md")
+    write_text_atomically(out / "summary.md", summary)
     return summary
 
 

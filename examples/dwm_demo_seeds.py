@@ -18,7 +18,6 @@ Each run directory is labelled by its name (the seed, above).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from dwm_demo_experiment import GLOBAL_BATCH, SEQ_LENGTH, add_experiment_options, plan_runs, report, run_all
@@ -32,7 +31,7 @@ from megatron_dwm.analysis.comparison import (
     plot_seeds,
     validation_curve,
 )
-from megatron_dwm.analysis.dwm_run import AnalysisError, load_metrics
+from megatron_dwm.analysis.dwm_run import AnalysisError, load_metrics, write_text_atomically
 
 
 def seed_result(run: Path, window: int, weights_after: float) -> SeedResult:
@@ -74,9 +73,7 @@ def main() -> None:
     last_iterations = results[0].comparison.dwm_final_tokens // (SEQ_LENGTH * GLOBAL_BATCH)
     table = format_seed_table(results, int(args.weights_after * last_iterations)) + "\n"
     args.out.mkdir(parents=True, exist_ok=True)
-    staging = args.out / ".seeds.md.tmp"
-    staging.write_text(table)
-    os.replace(staging, args.out / "seeds.md")
+    write_text_atomically(args.out / "seeds.md", table)
     plot_seeds(results, args.out / "seeds.png")
     print(table)
     print(f"wrote {args.out / 'seeds.md'} and {args.out / 'seeds.png'}")

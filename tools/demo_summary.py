@@ -12,7 +12,6 @@ The training flags (after --) are the run's own, for the model and the batch sha
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -21,25 +20,20 @@ from megatron_dwm.library_warnings import quiet_library_messages  # noqa: E402
 
 quiet_library_messages()  # before megatron-core is imported
 
-from megatron_dwm.analysis.comparison import compare, format_comparison, plot_comparison, validation_curve  # noqa: E402
-from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics  # noqa: E402
+from megatron_dwm.analysis.comparison import compare_runs, format_comparison  # noqa: E402
+from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics, write_text_atomically  # noqa: E402
+from megatron_dwm.analysis.run_files import run_files  # noqa: E402
 from megatron_dwm.analysis.run_summary import format_run_summary, summarize_run  # noqa: E402
 from megatron_dwm.arguments import build_parser, model_arch  # noqa: E402
 
 
 def run_paths(run_dir: Path) -> dict[str, Path]:
-    """Where `make demo` puts a run's files."""
-    tensorboard = run_dir / "tensorboard"
-    return {"checkpoints": run_dir / "checkpoints", "metrics": tensorboard / "metrics.jsonl",
-            "samples": tensorboard / "dwm_samples.jsonl", "tensorboard": tensorboard, "analysis": run_dir / "analysis",
-            "comparison": run_dir / "comparison.png", "summary": run_dir / "summary.md"}
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write through a temporary file, renamed into place when complete."""
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    os.replace(staging, path)
+    """Where `make demo` puts a run's files: its logs where analyze_dwm.py finds them, and beside them
+    its checkpoints, comparison plot and summary."""
+    logs = run_files(run_dir)
+    return {"checkpoints": run_dir / "checkpoints", "metrics": logs.metrics, "samples": logs.samples,
+            "tensorboard": logs.metrics.parent, "analysis": logs.out, "comparison": run_dir / "comparison.png",
+            "summary": run_dir / "summary.md"}
 
 
 def summarize(run_dir: Path, baseline_dir: Path | None, training_flags: list[str], window: int) -> str:
@@ -51,16 +45,12 @@ def summarize(run_dir: Path, baseline_dir: Path | None, training_flags: list[str
     files = {"checkpoints": f"{paths['checkpoints']} (the same command again resumes from them)",
              "metrics": str(paths["metrics"]),
              "TensorBoard": f"{Path(sys.executable).parent / 'tensorboard'} --logdir {paths['tensorboard']}"}
-    if paths["samples"].is_file():
-        plots = analyze_run(paths["metrics"], paths["samples"], paths["analysis"]).outputs
-        files["plots"] = ", ".join(map(str, plots))
+    files["plots"] = ", ".join(map(str, analyze_run(paths["metrics"], paths["samples"], paths["analysis"]).outputs))
     comparison_text = ""
     if baseline_dir is not None:
-        tokens_per_iteration = flags.seq_length * flags.global_batch_size
-        dwm = validation_curve(records, tokens_per_iteration)
-        uniform = validation_curve(load_metrics(run_paths(baseline_dir)["metrics"]), tokens_per_iteration)
-        comparison = compare(dwm, uniform, window)
-        files["comparison"] = str(plot_comparison(dwm, uniform, comparison, paths["comparison"], window=window))
+        comparison = compare_runs(records, load_metrics(run_paths(baseline_dir)["metrics"]),
+                                  flags.seq_length * flags.global_batch_size, window, paths["comparison"])
+        files["comparison"] = str(paths["comparison"])
         comparison_text = (f"\n\nagainst the uniform baseline in {baseline_dir} (--dwm-disable), losses as means of "
                            f"the last {window} evaluations:\n{format_comparison(comparison)}")
     files["summary"] = str(paths["summary"])
@@ -68,7 +58,7 @@ def summarize(run_dir: Path, baseline_dir: Path | None, training_flags: list[str
     summary = summarize_run(records, model=model, seq_length=flags.seq_length, train_iters=flags.train_iters,
                             window=window, paths=files)
     text = format_run_summary(summary) + comparison_text + "\n"
-    write_text(paths["summary"], text)
+    write_text_atomically(paths["summary"], text)
     return text
 
 

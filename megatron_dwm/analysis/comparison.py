@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_dwm.analysis.dwm_run import agg_figure, domain_weight_series, save_figure
+from megatron_dwm.analysis.dwm_run import TARGET_LOSS, agg_figure, domain_weight_series, save_figure
 
-VALID_KEY = "dwm-valid loss"
+VALID_KEY = TARGET_LOSS
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,17 @@ def plot_comparison(dwm: Curve, baseline: Curve, comparison: Comparison, path: s
     axes.set(xlabel="training tokens (millions)", ylabel=ylabel, title="DWM vs uniform weighting")
     axes.legend(fontsize="small")
     return save_figure(figure, path)
+
+
+def compare_runs(dwm_records: list[dict[str, Any]], baseline_records: list[dict[str, Any]],
+                 tokens_per_iteration: int, window: int, plot_path: str | os.PathLike) -> Comparison:
+    """A DWM run's validation curve against its baseline's (merged metrics records), compared over
+    trailing means of `window` evaluations and plotted to `plot_path`."""
+    dwm = validation_curve(dwm_records, tokens_per_iteration)
+    baseline = validation_curve(baseline_records, tokens_per_iteration)
+    comparison = compare(dwm, baseline, window)
+    plot_comparison(dwm, baseline, comparison, plot_path, window=window)
+    return comparison
 
 
 def format_comparison(comparison: Comparison) -> str:

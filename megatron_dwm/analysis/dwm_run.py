@@ -359,7 +359,7 @@ def score_correlations(batches: list[SampleBatch], columns: list[str],
 
 # ---------------------------------------------------------------- writing
 
-def _write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write `path` through a temporary file beside it, renamed into place when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -376,14 +376,19 @@ def _write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None
 
 def save_figure(figure: Any, path: str | os.PathLike) -> Path:
     """Save a matplotlib figure as PNG (atomically)."""
-    return _write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=100))
+    return write_atomically(path, lambda f: figure.savefig(f, format="png", dpi=100))
 
 
 def write_correlations_csv(rows: list[Correlation], path: str | os.PathLike) -> Path:
     """The correlation table as CSV (atomically), one row per (stage, score), columns CORRELATION_FIELDS."""
     text = io.StringIO()
     csv.writer(text).writerows([CORRELATION_FIELDS] + [[getattr(r, k) for k in CORRELATION_FIELDS] for r in rows])
-    return _write_atomically(path, lambda f: f.write(text.getvalue().encode("utf-8")))
+    return write_text_atomically(path, text.getvalue())
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` atomically."""
+    return write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def agg_figure(**kwargs: Any) -> Any:

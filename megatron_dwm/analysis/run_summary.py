@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megatron_dwm.analysis.comparison import VALID_KEY, mean_domain_weights, smoothed, validation_curve
+from megatron_dwm.analysis.dwm_run import TRAIN_LOSS, prefixed_series
 
 ELAPSED_KEY = "elapsed time per iteration (ms)"
-DOMAIN_LOSS_PREFIX = "lm loss/"
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,8 @@ def summarize_run(records: list[dict[str, Any]], *, model: str, seq_length: int,
     trained = [r for r in records if "consumed samples" in r]
     if not trained:
         raise ValueError("the metrics hold no training iteration yet")
-    losses = [r["lm loss"] for r in trained if "lm loss" in r]
-    domains = sorted({key[len(DOMAIN_LOSS_PREFIX):] for r in trained for key in r if key.startswith(DOMAIN_LOSS_PREFIX)})
+    losses = [r[TRAIN_LOSS] for r in trained if TRAIN_LOSS in r]
+    domains = list(prefixed_series(trained, f"{TRAIN_LOSS}/"))  # sorted by name
     weights, weights_from = final_domain_weights(records)
     target = target_mean = None
     if any(VALID_KEY in r for r in records):
