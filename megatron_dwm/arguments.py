@@ -23,6 +23,8 @@ MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attent
                      "num_query_groups", "kv_channels", "max_position_embeddings", "vocab_size")
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
 # megatron_dwm.data.tokenizer.TOKENIZER_TYPES, which imports megatron-core (tests check they agree)
+WEIGHTINGS = ("uniform", "domain", "loss", "dwm")  # megatron_dwm.training.policies, DESIGN.md section 9
+LOSS_STRATEGIES = ("linupper", "quadratic", "extremes")  # megatron_dwm.training.policies.loss_based_weights
 TOKENIZER_TYPES = ("SentencePieceTokenizer", "HuggingFaceTokenizer")
 
 
@@ -89,6 +91,9 @@ NUMERIC_RANGES: dict[str, Range] = {
     "adam_beta1": BETA,
     "adam_beta2": BETA,
     "adam_eps": POSITIVE,
+    "domain_weights": AT_LEAST_0,  # not all 0 is checked with the blend
+    "loss_weighting_temperature": POSITIVE,
+    "loss_weighting_warmup_iters": AT_LEAST_0,
     "dwm_num_layers": AT_LEAST_1,
     "dwm_hidden_size": AT_LEAST_1,
     "dwm_num_attention_heads": AT_LEAST_1,
@@ -202,9 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2")
     optim.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")
 
+    weighting = parser.add_argument_group("sample weighting")
+    weighting.add_argument("--weighting", choices=WEIGHTINGS, default=None,
+                           help="how each sample of a global batch is weighted in the loss: uniform (Megatron-LM's "
+                                "loss), domain (fixed --domain-weights), loss (from the samples' current losses, "
+                                "Sow et al., ICLR 2025) or dwm (the data weighting model). Default: dwm; uniform "
+                                "with --dwm-disable; domain with --domain-weights")
+    weighting.add_argument("--domain-weights", type=float, nargs="+", default=None, metavar="W",
+                           help="with --weighting domain: one loss multiplier per training-blend dataset, in "
+                                "--data-path order (the loss is sum_i w_i l_i / n; 0 drops a domain)")
+    weighting.add_argument("--loss-weighting-strategy", choices=LOSS_STRATEGIES, default="linupper",
+                           help="with --weighting loss: favour low losses (linupper), middling ones (quadratic) "
+                                "or both extremes (extremes)")
+    weighting.add_argument("--loss-weighting-temperature", type=float, default=1.0,
+                           help="with --weighting loss: r in w = n softmax((f - max f) / r); larger is flatter")
+    weighting.add_argument("--loss-weighting-warmup-iters", type=int, default=0,
+                           help="with --weighting loss: iterations of uniform weights first")
+
     dwm = parser.add_argument_group("data weighting model (DWM)")
     dwm.add_argument("--dwm-disable", action="store_true",
-                     help="uniform weights (the baseline), through the same loss and loop")
+                     help="uniform weights (the baseline), through the same loss and loop: --weighting uniform")
     dwm.add_argument("--dwm-num-layers", type=int, default=2, help="transformer layers of the DWM's sample encoder")
     dwm.add_argument("--dwm-hidden-size", type=int, default=128, help="hidden size of the DWM")
     dwm.add_argument("--dwm-num-attention-heads", type=int, default=4, help="attention heads of the DWM")
@@ -330,6 +352,7 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     else:
         dp = None
     problems += _schedule_problems(args, valid)
+    problems += _weighting_problems(args, valid)
     problems += _dwm_problems(args, dp, valid)
     problems += _data_problems(args)
     problems += _output_problems(args)
@@ -413,8 +436,8 @@ def default_valid_batch_size(args: argparse.Namespace, data_parallel_size: int) 
 def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None, valid: Callable[..., bool]) -> list[str]:
     """The DWM's flags against the others; fills in --dwm-update-iters and --dwm-valid-batch-size."""
     if args.dwm_disable:
-        return [f"--dwm-ranks {args.dwm_ranks} reserves ranks for the DWM, which --dwm-disable turns off: "
-                "use --dwm-ranks 0"] if args.dwm_ranks > 0 else []
+        return [f"--dwm-ranks {args.dwm_ranks} reserves ranks for the DWM, which --weighting {args.weighting} "
+                "does not use: use --dwm-ranks 0"] if args.dwm_ranks > 0 else []
     problems = _dwm_phase_problems(args, valid)
     if data_parallel_size and valid("dwm_valid_batch_size"):  # else a problem is already reported
         unit = args.micro_batch_size * data_parallel_size
@@ -443,6 +466,49 @@ def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None, vali
         if path is not None and not os.path.isdir(path):
             problems.append(f"--{flag.replace('_', '-')} {path}: no such checkpoint directory")
     return problems
+
+
+def _weighting_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:
+    """The weighting policy against its flags; fills in --weighting and sets ``dwm_disable`` when
+    the policy is not the DWM (so every --dwm-* flag is then unused)."""
+    problems = []
+    implied = "uniform" if args.dwm_disable else "domain" if args.domain_weights is not None else "dwm"
+    if args.weighting is None:
+        args.weighting = implied
+    elif args.dwm_disable and args.weighting != "uniform":
+        problems.append(f"--dwm-disable means --weighting uniform, but --weighting {args.weighting} is given: "
+                        "keep one of them")
+    args.dwm_disable = args.weighting != "dwm"
+    if args.weighting == "domain":
+        if args.domain_weights is None:
+            problems.append("--weighting domain needs --domain-weights (one weight per training-blend dataset)")
+        elif valid("domain_weights"):
+            count = _train_dataset_count(args)
+            if count is not None and len(args.domain_weights) != count:
+                problems.append(f"--domain-weights gives {len(args.domain_weights)} weights for {count} training "
+                                "datasets: give one per dataset, in --data-path order")
+            if not any(args.domain_weights):
+                problems.append("--domain-weights are all 0: no sample would count in the loss")
+    elif args.domain_weights is not None:
+        problems.append(f"--domain-weights applies to --weighting domain, not --weighting {args.weighting}")
+    return problems
+
+
+def _train_dataset_count(args: argparse.Namespace) -> int | None:
+    """Datasets in the training blend (--data-path, or the per-split file's "train"); None if unreadable
+    (reported by the data checks)."""
+    data_path = args.data_path
+    if data_path is None and args.per_split_data_args_path is not None:
+        import json
+
+        try:
+            with open(args.per_split_data_args_path, encoding="utf-8") as file:
+                data_path = json.load(file).get("train")
+        except (OSError, ValueError, AttributeError):
+            return None
+    if not isinstance(data_path, list) or not data_path:
+        return None
+    return 1 if len(data_path) == 1 else len(data_path) // 2
 
 
 def _dwm_phase_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:

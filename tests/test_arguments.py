@@ -45,7 +45,7 @@ def _validate(data_flags):
     (["--tensor-model-parallel-size", "2", "--dwm-ranks", "1"], 4,
      "world size 4 minus --dwm-ranks 1 = 3 LLM ranks is not divisible"),
     (["--dwm-ranks", "2", "--global-batch-size", "6"], 5, "--dwm-ranks 2 does not divide the data-parallel size 3"),
-    (["--dwm-ranks", "1"], 2, "--dwm-ranks 1 reserves ranks for the DWM, which --dwm-disable turns off"),
+    (["--dwm-ranks", "1"], 2, "--dwm-ranks 1 reserves ranks for the DWM, which --weighting uniform does not use"),
     (["--num-attention-heads", "8", "--num-query-groups", "3"], 1, "--num-attention-heads 8 is not divisible by --num-query-groups 3"),
     (["--micro-batch-size", "2", "--global-batch-size", "6"], 2,
      "--global-batch-size 6 is not divisible by --micro-batch-size 2 x data-parallel size 2"),
@@ -176,8 +176,18 @@ ZERO_IS_VALID = {
     "--clip-grad",  # 0: no clipping
     "--adam-beta1", "--adam-beta2", "--dwm-lr", "--dwm-update-iters", "--dwm-weight-clip",  # as MIN
     "--num-workers", "--eval-iters", "--logging-level", "--ckpt-step",
+    "--domain-weights",  # 0 drops a dataset from the loss
+    "--loss-weighting-warmup-iters",
 }
 VALID_ZERO_ARGV = {"--dwm-weight-clip": ["--dwm-weight-clip", "0", "2"]}
+
+
+def _valid_zero_argv(flag: str, valid_flags: list[str]) -> list[str]:
+    """`flag` at 0 in a configuration where that is valid (a domain weight of 0 beside weights 1)."""
+    if flag == "--domain-weights":
+        data_path = valid_flags[valid_flags.index("--data-path") + 1:valid_flags.index("--tokenizer-type")]
+        return ["--domain-weights", "0", *["1"] * (len(data_path) // 2 - 1)]
+    return VALID_ZERO_ARGV.get(flag, [flag, "0"])
 
 
 def _invalid_values(action) -> list[str]:
@@ -185,7 +195,7 @@ def _invalid_values(action) -> list[str]:
     return values + (["nan", "inf"] if action.type is float else [])
 
 
-INVALID_CASES = [(action.option_strings[0], value, action.nargs or 1)
+INVALID_CASES = [(action.option_strings[0], value, action.nargs if isinstance(action.nargs, int) else 1)
                  for action in NUMERIC_FLAGS for value in _invalid_values(action)]
 
 
@@ -230,7 +240,7 @@ def test_invalid_number_is_an_argument_error_naming_the_flag(flag, value, nargs,
 
 @pytest.mark.parametrize("flag", sorted(ZERO_IS_VALID))
 def test_zero_is_accepted_where_it_means_something(flag, valid_flags):
-    parse_args([*valid_flags, *VALID_ZERO_ARGV.get(flag, [flag, "0"])], world_size=1)
+    parse_args([*valid_flags, *_valid_zero_argv(flag, valid_flags)], world_size=1)
 
 
 @pytest.mark.parametrize("flags,message", [

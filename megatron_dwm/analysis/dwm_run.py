@@ -522,7 +522,11 @@ def format_summary(records: list[dict[str, Any]], batches: list[SampleBatch] | N
     if batches is None:
         return "\n".join(["DWM: off (no dwm/ scalars in the metrics, no dwm_samples.jsonl): every sample weighed 1",
                           *_format_final_losses(records)])
-    lines = ["DWM: on", *_format_final_losses(records), *_format_stages(records)]
+    if any("dwm/stage" in record for record in records):  # only the DWM's policy has stages
+        lines = ["DWM: on", *_format_final_losses(records), *_format_stages(records)]
+    else:
+        lines = ["DWM: off; the weights of --weighting uniform, domain or loss (one stage: the whole run)",
+                 *_format_final_losses(records)]
     for stage, domains in stage_domain_means(batches).items():
         total = sum(n for _, n in domains.values())
         lines.append(f"stage {stage}: {total} samples")

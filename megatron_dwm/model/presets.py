@@ -38,6 +38,10 @@ PRESETS: dict[str, LlamaArch] = {
     # A few-hundred-thousand-parameter model for CPU tests and smoke runs.
     "tiny": LlamaArch(num_layers=4, hidden_size=64, ffn_hidden_size=176, num_attention_heads=4,
                       num_query_groups=2, max_position_embeddings=512),
+    # About 12M parameters with the demo's 8k vocabulary: the larger model of the CPU transfer
+    # experiment (bench/efficacy.py), still trainable on a laptop.
+    "small": LlamaArch(num_layers=6, hidden_size=320, ffn_hidden_size=864, num_attention_heads=5,
+                       max_position_embeddings=512),
     # The paper's small model (about 370M parameters with a 32k vocabulary).
     "llama2-370m": LlamaArch(num_layers=24, hidden_size=1024, ffn_hidden_size=2736,
                              num_attention_heads=16),

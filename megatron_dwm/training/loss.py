@@ -15,13 +15,21 @@ Two implementations of the same loss, chosen by ``--loss-kernel``:
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from megatron_dwm.ops import per_sample_cross_entropy, resolve_loss_kernel, weighted_cross_entropy
 
+if TYPE_CHECKING:
+    from megatron_dwm.training.policies import SampleWeights
+
 LossFunc = Callable[[torch.Tensor], tuple[torch.Tensor, dict]]
+
+
+def resolve_weights(weights: "SampleWeights", losses: torch.Tensor | None) -> torch.Tensor:
+    """A micro batch's weights, detached: the tensor given, or the function given applied to `losses`."""
+    return weights(losses.detach()).detach() if callable(weights) else weights.detach()
 
 
 def per_sample_loss(per_token: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -34,19 +42,25 @@ class WeightedLoss:
     """Runs one micro batch through a model chunk and builds the schedule's loss function.
 
     Every per-sample loss computed on this rank is appended to ``self.per_sample`` (with the
-    sample's domain id in ``self.domain_id``) so the caller can report and reuse them.
+    sample's domain id in ``self.domain_id`` and the weight the loss gave it in ``self.weights``)
+    so the caller can report and reuse them.
+
+    A micro batch's weights are a tensor, or a function of its per-sample losses (detached) that
+    returns them: the loss-based policy's weights, computed in the same forward pass.
     """
 
     def __init__(self, kernel: str, device: torch.device) -> None:
         self.kernel = resolve_loss_kernel(kernel, device)
         self.per_sample: list[torch.Tensor] = []
         self.domain_id: list[torch.Tensor] = []
+        self.weights: list[torch.Tensor] = []
 
     def reset(self) -> None:
         self.per_sample.clear()
         self.domain_id.clear()
+        self.weights.clear()
 
-    def forward(self, chunk, batch: dict[str, torch.Tensor], weights: torch.Tensor | None,
+    def forward(self, chunk, batch: dict[str, torch.Tensor], weights: "SampleWeights | None",
                 forward_only: bool) -> tuple[torch.Tensor, LossFunc]:
         """``chunk(batch)`` and the loss function megatron-core's schedule applies to its output."""
         fused = self.kernel == "fused"
@@ -58,16 +72,22 @@ class WeightedLoss:
         def loss_func(output_tensor: torch.Tensor) -> tuple[torch.Tensor, dict]:
             if not fused:
                 losses = per_sample_loss(output_tensor, batch["loss_mask"])
-                loss = (weights.detach() * losses).sum() / losses.shape[0]
+                used = resolve_weights(weights, losses)
+                loss = (used * losses).sum() / losses.shape[0]
             elif forward_only:
                 losses = per_sample_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"],
                                                   kernel="fused", sequence_first=False)
-                loss = (weights.detach() * losses).sum() / losses.shape[0]
-            else:
-                loss, losses = weighted_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"],
-                                                      weights.detach(), kernel="fused", sequence_first=False)
+                used = resolve_weights(weights, losses)
+                loss = (used * losses).sum() / losses.shape[0]
+            else:  # weights from the losses need them first: the kernel's loss-only pass
+                used = resolve_weights(weights, per_sample_cross_entropy(
+                    output_tensor, batch["labels"], batch["loss_mask"], kernel="fused",
+                    sequence_first=False) if callable(weights) else None)
+                loss, losses = weighted_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"], used,
+                                                      kernel="fused", sequence_first=False)
             self.per_sample.append(losses.detach())
             self.domain_id.append(batch["domain_id"])
+            self.weights.append(used)
             return loss, {"lm loss": loss.detach()}
 
         return output, loss_func

@@ -51,7 +51,8 @@ from megatron_dwm.training.metrics import (PEAK_MEMORY_METRIC, MetricsWriter, fo
 from megatron_dwm.training.progress import TrainingProgress
 from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, set_rng_state, sharded_rng_state
 from megatron_dwm.training.step import run_global_batch
-from megatron_dwm.training.weighting import DWM_COMPONENT, DWMWeighting, UniformWeighting, build_dwm
+from megatron_dwm.training.policies import build_local_weighting
+from megatron_dwm.training.weighting import DWM_COMPONENT, DWMWeighting, build_dwm
 
 
 class Stateful(Protocol):
@@ -227,8 +228,9 @@ class Trainer:
 
     def _build_weighting(self):
         args = self.args
-        if args.dwm_disable:
-            return UniformWeighting()
+        samples_log = self._samples_log_path() if self.is_logging_rank else None
+        if args.weighting != "dwm":
+            return build_local_weighting(args, samples_log)
         schedule = StageSchedule(args.train_iters, args.dwm_stages, args.dwm_update_iters, args.dwm_update_interval,
                                  frozen=args.dwm_freeze)
         holder = parallel_state.is_pipeline_last_stage()
@@ -238,7 +240,6 @@ class Trainer:
             dwm = remote_dwm(args, self.context, parallel_state.get_data_parallel_rank(), self.device)
         else:
             dwm = build_dwm(args, self.padded_vocab, self.device, parallel_state.get_data_parallel_group())
-        samples_log = self._samples_log_path() if self.is_logging_rank else None
         weighting = DWMWeighting(args, schedule, dwm, samples_log)
         replica = (parallel_state.get_tensor_model_parallel_rank() * parallel_state.get_data_parallel_world_size()
                    + parallel_state.get_data_parallel_rank())
@@ -273,6 +274,7 @@ class Trainer:
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         collected = run_global_batch(self.model, microbatches, weights, self.loss)
+        self.weighting.observe(microbatches, self.loss.weights)
         loss_nonfinite = collected is not None and not bool(torch.isfinite(collected[0]).all())
         decision = agree(loss_nonfinite or not grads_are_finite(self.model),
                          self._signals is not None and self._signals.received is not None,
@@ -425,7 +427,7 @@ class Trainer:
         record's "iteration" counts the steps completed, so step j is logged as iteration j + 1 and
         stage s as iterations s*L + 1 .. (s+1)*L; the analysis draws stage s's start at s*L.
         """
-        schedule = getattr(self.weighting, "schedule", None)  # UniformWeighting (--dwm-disable) has none
+        schedule = getattr(self.weighting, "schedule", None)  # only the DWM's policy has one
         return schedule_scalars(schedule) if isinstance(schedule, StageSchedule) else {}
 
     def _metrics_path(self) -> str | None:
@@ -445,8 +447,8 @@ class Trainer:
                       f"{superseded_path(path)} (logged by a run this one replaces)", flush=True)
 
     def _samples_log_path(self) -> str | None:
-        """dwm_samples.jsonl, beside the metrics file (the DWM's per-sample weights)."""
-        if self.args.dwm_disable or not self._metrics_path():
+        """dwm_samples.jsonl, beside the metrics file (the weighting policy's per-sample weights)."""
+        if not self._metrics_path():
             return None
         return os.path.join(os.path.dirname(os.path.abspath(self._metrics_path())), "dwm_samples.jsonl")
 

@@ -1,7 +1,7 @@
-"""The trainer's side of data weighting: which weights each step uses, when the DWM learns, and
-what is reported about it.
+"""The DWM's weighting policy (``--weighting dwm``): which weights each step uses, when the DWM
+learns, and what is reported about it. The policies without a DWM live in
+:mod:`megatron_dwm.training.policies`.
 
-- ``UniformWeighting``: every weight is 1 (``--dwm-disable``: the baseline, same loss and loop).
 - ``DWMWeighting``: the DWM (colocated on the last pipeline stage, or on its own ranks through
   :class:`~megatron_dwm.dwm.auxiliary.RemoteDWM`) weighs every global batch; on
   the iterations of a DWM phase (:class:`StageSchedule`) it takes an outer step from the
@@ -11,36 +11,21 @@ what is reported about it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import time
 from dataclasses import replace
 
 import torch
 
-from megatron_dwm.dwm.colocated import ColocatedDWM, DWMCopy, GlobalBatchWeights, WeightingPlacement
+from megatron_dwm.dwm.colocated import ColocatedDWM, DWMCopy, WeightingPlacement
 from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient
 from megatron_dwm.dwm.model import (DataWeightingModel, DWMConfig, dwm_config_from_checkpoint,
                                     load_encoder_from_checkpoint)
 from megatron_dwm.dwm.schedule import StageSchedule
 from megatron_dwm.training.bilevel import MegatronBilevel
-from megatron_dwm.training.evaluation import DomainTotals
+from megatron_dwm.training.weight_stats import WeightLog
 
 DWM_COMPONENT = "dwm"  # the DWM's entry in a checkpoint: components/dwm
-
-
-class UniformWeighting:
-    """The baseline: every sample weighs 1."""
-
-    def weights(self, microbatches, iteration: int) -> list[torch.Tensor] | None:
-        return [torch.ones(batch["tokens"].shape[0], device=batch["tokens"].device) for batch in microbatches]
-
-    def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
-        return None
-
-    def pop_metrics(self, domains: list[str], iteration: int) -> dict[str, float]:
-        return {}
 
 
 def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, group, cls=ColocatedDWM) -> DWMCopy:
@@ -69,11 +54,10 @@ class DWMWeighting:
         self.args = args
         self.schedule = schedule
         self.dwm = dwm  # None off the last pipeline stage
-        self.samples_log = samples_log
+        self.log = WeightLog(samples_log)  # every weighted global batch since the last log
         self._reset_interval()
 
     def _reset_interval(self) -> None:
-        self.batches: list[GlobalBatchWeights] = []  # every weighted global batch since the last log
         self.fd_records: list[FiniteDifference] = []
         self.valid_losses: list[float] = []
         self.fd_skipped = 0
@@ -90,8 +74,11 @@ class DWMWeighting:
         self.weights_seconds.append(time.perf_counter() - start)
         last = self.dwm.last
         if last is not None:  # on the ranks that see the whole global batch
-            self.batches.append(replace(last, weights=last.weights.detach()))
+            self.log.add(replace(last, weights=last.weights.detach()))
         return weights
+
+    def observe(self, microbatches, used: list[torch.Tensor]) -> None:
+        """The loss used the DWM's weights, already logged by :meth:`weights`."""
 
     def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
         """After the LLM's step of 0-based `iteration`: the DWM's update, if the schedule says so."""
@@ -121,24 +108,20 @@ class DWMWeighting:
     def pop_metrics(self, domains: list[str], iteration: int) -> dict[str, float]:
         """Scalars since the last call (on DWM holders; {} elsewhere), and the batch's weights to
         the samples log."""
-        if self.dwm is None or not self.batches:
+        extra = {"stage": self.schedule.stage_of(iteration - 1)}
+        if self._last_hypergradient is not None:
+            extra.update(hypergradient=self._last_hypergradient.tolist(),
+                         hypergradient_resolution=self._last_resolution)
+        weight_scalars = self.log.pop(domains, iteration, extra) if self.dwm is not None else {}
+        if not weight_scalars:
             self._reset_interval()
             return {}
-        weights = [batch.weights.double() for batch in self.batches]
-        by_domain = DomainTotals(len(domains))
-        for batch in self.batches:
-            by_domain.add(batch.weights, batch.domain_id)
         scalars: dict[str, float] = {
             "dwm/stage": self.schedule.stage_of(iteration - 1),
             "dwm/phase": int(self.schedule.in_dwm_phase(iteration - 1)),
-            "dwm/weight min": min(float(w.min()) for w in weights),
-            "dwm/weight max": max(float(w.max()) for w in weights),
-            "dwm/weight std": sum(float(w.std()) for w in weights) / len(weights),
-            "dwm/ess": sum(float(w.sum() ** 2 / (w ** 2).sum()) for w in weights) / len(weights),
-            "dwm/fallbacks": sum(int(batch.fell_back) for batch in self.batches),
+            **weight_scalars,
             "dwm/weights time (ms)": 1000.0 * sum(self.weights_seconds) / len(self.weights_seconds),
         }
-        scalars.update({f"dwm/weight/{name}": mean for name, mean in by_domain.domain_means(domains).items()})
         if self.fd_records:
             norms = [float(r.hypergradient.norm()) for r in self.fd_records if r.hypergradient is not None]
             scalars["dwm/hypergrad norm"] = sum(norms) / len(norms) if norms else math.nan
@@ -146,24 +129,5 @@ class DWMWeighting:
             scalars["dwm/fd skipped"] = self.fd_skipped
         if self.valid_losses:
             scalars["dwm/valid loss"] = sum(self.valid_losses) / len(self.valid_losses)
-        self._write_samples(domains, iteration)
         self._reset_interval()
         return scalars
-
-    def _write_samples(self, domains: list[str], iteration: int) -> None:
-        if self.samples_log is None:
-            return
-        last = self.batches[-1]
-        record = {
-            "iteration": iteration,
-            "stage": self.schedule.stage_of(iteration - 1),
-            "domain": [domains[d] if 0 <= d < len(domains) else str(d) for d in last.domain_id.tolist()],
-            "document_id": last.document_id.tolist(),
-            "weight": last.weights.double().tolist(),
-        }
-        if self._last_hypergradient is not None:
-            record["hypergradient"] = self._last_hypergradient.tolist()
-            record["hypergradient_resolution"] = self._last_resolution
-        os.makedirs(os.path.dirname(os.path.abspath(self.samples_log)), exist_ok=True)
-        with open(self.samples_log, "a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")

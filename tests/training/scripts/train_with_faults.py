@@ -18,7 +18,7 @@ import time
 import torch
 
 from megatron_dwm.dwm import hypergradient, model
-from megatron_dwm.training import checkpointing, trainer, weighting
+from megatron_dwm.training import checkpointing, policies, trainer, weighting
 
 nan_at = {int(i) for i in os.environ.get("FAULT_NAN_AT", "").split(",") if i}
 kill_in_save = int(os.environ.get("FAULT_KILL_IN_SAVE", "0"))
@@ -28,7 +28,7 @@ raise_in_save = int(os.environ.get("FAULT_RAISE_IN_SAVE", "0"))
 hold_after = int(os.environ.get("FAULT_HOLD_AFTER", "0"))
 calls = {"dwm": 0, "fd": 0}
 
-uniform_weights = weighting.UniformWeighting.weights
+uniform_weights = policies.UniformWeighting.weights
 
 
 def weights(self, microbatches, iteration):
@@ -38,7 +38,7 @@ def weights(self, microbatches, iteration):
     return result
 
 
-weighting.UniformWeighting.weights = weights
+policies.UniformWeighting.weights = weights
 
 dwm_weights = model.DataWeightingModel.weights_from_scores
 
