@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="with --weighting domain: one loss multiplier per training-blend dataset, in "
                                 "--data-path order (the loss is sum_i w_i l_i / n; 0 drops a domain)")
     weighting.add_argument("--loss-weighting-strategy", choices=LOSS_STRATEGIES, default="linupper",
-                           help="with --weighting loss: favour low losses (linupper), middling ones (quadratic) "
-                                "or both extremes (extremes)")
+                           help="with --weighting loss: down-weight the lowest losses, flat above the midpoint "
+                                "(linupper), favour middling losses (quadratic) or both extremes (extremes)")
     weighting.add_argument("--loss-weighting-temperature", type=float, default=1.0,
                            help="with --weighting loss: r in w = n softmax((f - max f) / r); larger is flatter")
     weighting.add_argument("--loss-weighting-warmup-iters", type=int, default=0,
@@ -491,6 +491,11 @@ def _weighting_problems(args: argparse.Namespace, valid: Callable[..., bool]) ->
                 problems.append("--domain-weights are all 0: no sample would count in the loss")
     elif args.domain_weights is not None:
         problems.append(f"--domain-weights applies to --weighting domain, not --weighting {args.weighting}")
+    smallest = 3 if args.loss_weighting_strategy in ("quadratic", "extremes") else 2
+    if args.weighting == "loss" and valid("micro_batch_size") and args.micro_batch_size < smallest:
+        problems.append(f"--weighting loss normalises the weights over each micro batch: --micro-batch-size "
+                        f"{args.micro_batch_size} would give every sample weight 1 with --loss-weighting-strategy "
+                        f"{args.loss_weighting_strategy}; use --micro-batch-size {smallest} or more")
     return problems
 
 

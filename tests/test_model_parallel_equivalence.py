@@ -5,11 +5,10 @@ parallel run, read into a TP=1 model), so the comparison covers megatron-core's 
 
 The weighted loss with non-uniform per-sample weights on DP=1, DP=2 and TP=2 x DP=2 against the
 explicit formula sum_i w_i l_i / n (autograd): per-sample losses, gradients after DDP, the
-validation gradient of the DWM's outer step and its hypergradients."""
+validation gradient of the DWM's outer step and its hypergradients. The same formula with the
+weights of --weighting domain (DomainWeighting) on TP=1 and TP=2 x PP=2."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -159,15 +158,21 @@ def _micro_batches(samples: dict[str, torch.Tensor], dp_rank: int, dp_size: int)
     return [{key: value[i:i + MICRO_BATCH] for key, value in samples.items()} for i in mine]
 
 
-def _explicit_weighted_gradients(model, samples, weights) -> dict[str, torch.Tensor]:
-    """Autograd of sum_i w_i l_i / n, the whole batch in one forward, torch's cross-entropy
-    (torch.autograd.grad: nothing reaches .grad or the DDP buffers)."""
+def _explicit_per_sample(model, samples) -> torch.Tensor:
+    """l_i: the masked mean of torch's cross-entropy over the model's logits, the whole batch in one
+    forward (TP=1, PP=1)."""
     import torch.nn.functional as F
 
     logits = model(samples["tokens"], samples["position_ids"], None)  # [b, s, V]
     token_losses = F.cross_entropy(logits.float().transpose(1, 2), samples["labels"], reduction="none")
     mask = samples["loss_mask"]
-    per_sample = (token_losses * mask).sum(dim=1) / mask.sum(dim=1)
+    return (token_losses * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+def _explicit_weighted_gradients(model, samples, weights) -> dict[str, torch.Tensor]:
+    """Autograd of sum_i w_i l_i / n, the whole batch in one forward, torch's cross-entropy
+    (torch.autograd.grad: nothing reaches .grad or the DDP buffers)."""
+    per_sample = _explicit_per_sample(model, samples)
     names, parameters = zip(*model.named_parameters())
     gradients = torch.autograd.grad((weights * per_sample).sum() / len(weights), parameters)
     return dict(zip(names, gradients))
@@ -305,3 +310,115 @@ def test_weighted_loss_on_data_parallel_layouts_matches_dp1(weighted_reference, 
         print(f"rank {rank}: hypergradient max |g - g_ref| {error:.2e} (tolerance {g_atol:.2e}, "
               f"max |g_ref| {g_ref.abs().max():.2e})")
         assert error <= g_atol, rank
+
+
+# -- --weighting domain on TP=1 and TP=2 x PP=2 -----------------------------------------------------
+# DomainWeighting gives each sample its domain's weight; the step through megatron-core's pipeline
+# schedule must minimise sum_i w_i l_i / n with those weights, on every stage of a pipeline layout.
+# The reference is the explicit formula on TP=1 (autograd, weights w_i = DOMAIN_WEIGHTS[d_i] looked
+# up here, not by the policy); its gradient reaches each layout as a resharded checkpoint.
+DOMAIN_WEIGHTS = [0.0, 0.5, 2.0]  # 0 drops a domain's samples from the loss
+DOMAIN_NAMES = ["dropped", "halved", "doubled"]
+DOMAIN_IDS = torch.tensor([2, 0, 1, 2, 1, 0, 2, 1])  # of the WEIGHTED_BATCH samples, in global order
+
+
+def _domain_samples() -> dict[str, torch.Tensor]:
+    return _samples(WEIGHTED_BATCH, 202, masked=True) | {"domain_id": DOMAIN_IDS.clone()}
+
+
+def _domain_sample_weights() -> torch.Tensor:
+    return torch.tensor([DOMAIN_WEIGHTS[d] for d in DOMAIN_IDS.tolist()])
+
+
+def _domain_run(rank, world_size, tp, pp, weights_dir, grads_dir, is_reference):
+    """One global batch with DomainWeighting's weights on this layout (DP=1, four micro batches)."""
+    from megatron.core import parallel_state
+    from megatron.core.distributed import finalize_model_grads
+
+    from megatron_dwm.training.checkpointing import load_checkpoint
+    from megatron_dwm.training.loss import WeightedLoss
+    from megatron_dwm.training.policies import DomainWeighting
+    from megatron_dwm.training.step import run_global_batch
+    from tests.megatron_model import build_on_rank, wrap_ddp
+
+    arch = _arch()
+    model = build_on_rank(arch, VOCAB, tp=tp, pp=pp, seq_length=SEQ)
+    samples = _domain_samples()
+    result = {"stage": parallel_state.get_pipeline_model_parallel_rank(),
+              "tp rank": parallel_state.get_tensor_model_parallel_rank()}
+    if is_reference:
+        result["permuted weights"] = _write_reference(model, arch, samples, _domain_sample_weights(), weights_dir,
+                                                      grads_dir)
+    load_checkpoint(weights_dir, model)
+    if is_reference:
+        with torch.no_grad():
+            result["explicit per_sample"] = _explicit_per_sample(model, samples)
+
+    ddp = wrap_ddp(model)
+    model.config.finalize_model_grads_func = finalize_model_grads  # as the trainer
+    assert parallel_state.get_data_parallel_world_size() == 1
+    microbatches = _micro_batches(samples, 0, 1)
+    policy = DomainWeighting(DOMAIN_WEIGHTS, None)
+    loss = WeightedLoss("torch", torch.device("cpu"))
+    ddp.zero_grad_buffer()
+    collected = run_global_batch(ddp, microbatches, policy.weights(microbatches, 0), loss)
+    result["per_sample"], result["ids"] = collected if collected is not None else (None, None)
+    result["used"] = torch.cat(loss.weights) if loss.weights else None
+    policy.observe(microbatches, loss.weights)
+    result["scalars"] = policy.pop_metrics(DOMAIN_NAMES, 1)
+    result["grad errors"] = _gradient_errors(model, weights_dir, grads_dir)
+    return result
+
+
+@pytest.fixture(scope="module")
+def domain_reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("domain")
+    result = run_distributed(_domain_run, 1, args=(1, 1, str(root / "weights"), str(root / "grads"), True))[0]
+    return result | {"weights": root / "weights", "grads": root / "grads"}
+
+
+def _check_domain_last_stage(result, reference) -> None:
+    """The last stage's per-sample losses, the weights the loss used and their statistics."""
+    explicit = reference["explicit per_sample"]
+    assert torch.equal(result["ids"], DOMAIN_IDS)  # the global order
+    assert torch.equal(result["used"], _domain_sample_weights())
+    torch.testing.assert_close(result["per_sample"], explicit, rtol=0, atol=LOSS_ATOL)
+    scalars = result["scalars"]
+    assert [scalars[f"dwm/weight/{name}"] for name in DOMAIN_NAMES] == DOMAIN_WEIGHTS
+    total = float(_domain_sample_weights().sum())
+    for name, weight in zip(DOMAIN_NAMES, DOMAIN_WEIGHTS):
+        share = weight * int((DOMAIN_IDS == DOMAIN_NAMES.index(name)).sum()) / total
+        assert scalars[f"dwm/weight share/{name}"] == pytest.approx(share)
+
+
+def test_domain_weights_on_one_rank_match_the_formula(domain_reference):
+    ref = domain_reference
+    _check_domain_last_stage(ref, ref)
+    errors = ref["grad errors"]
+    print(f"TP=1: max relative gradient error {max(errors.values()):.2e}, with the weights rolled by one "
+          f"{ref['permuted weights']:.2e}")
+    assert max(errors.values()) < GRAD_RTOL, errors
+    assert ref["permuted weights"] > 1000 * GRAD_RTOL  # a pairing error would be seen
+    explicit = ref["explicit per_sample"]
+    assert (explicit.roll(1) - explicit).abs().min() > 100 * LOSS_ATOL  # and so would a reordering of the losses
+
+
+def test_domain_weights_on_tp2_pp2_match_the_formula(domain_reference):
+    """TP=2 x PP=2: the per-sample losses on both TP ranks of the last stage, every gradient tensor
+    of every stage against the explicit formula's."""
+    ref = domain_reference
+    results = run_distributed(_domain_run, 4, args=(2, 2, str(ref["weights"]), str(ref["grads"]), False))
+    assert sorted((r["stage"], r["tp rank"]) for r in results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for result in results:
+        if result["stage"] == 1:
+            _check_domain_last_stage(result, ref)
+        else:
+            assert result["per_sample"] is None and result["used"] is None and result["scalars"] == {}
+        errors = result["grad errors"]
+        print(f"stage {result['stage']}, TP rank {result['tp rank']}: max relative gradient error "
+              f"{max(errors.values()):.2e}")
+        assert max(errors.values()) < GRAD_RTOL, (result["stage"], result["tp rank"], errors)
+    # every parameter tensor of the model was compared: each stage holds half the layers
+    stages = {r["stage"]: set(r["grad errors"]) for r in results if r["tp rank"] == 0}
+    assert len(stages[0]) + len(stages[1]) == len(ref["grad errors"]), stages
+    assert any("embedding" in name for name in stages[0]) and any("output_layer" in name for name in stages[1])
