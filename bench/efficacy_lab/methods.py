@@ -1,0 +1,118 @@
+"""The weighting methods the lab compares: name -> the trainer flags of a run (data flags included).
+
+A new method (a DWM variant, say) is one more entry in METHODS, e.g.
+``Method("dwm-lr1e-2", dwm_flags("--dwm-lr", "1e-2"))``.
+
+"domain-oracle" is not a run of its own: the runner trains every vector of the scenario's
+``oracle_grid`` as "domain-grid-<i>" on the first LabConfig.grid_seeds seeds, then the vector with the
+lowest mean final target loss on them on the other seeds (runner.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from .scenarios import Scenario
+
+TRANSFER = "transfer"  # the lab scenario that trains a larger model on the "target" scenario's data
+DOMAIN_ORACLE = "domain-oracle"
+GRID_PREFIX = "domain-grid-"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method's flags may depend on besides the scenario's data."""
+
+    lab_scenario: str  # "junk", "target", "duplicates" or TRANSFER
+    seed_index: int
+    run_dir: Path
+    source: Path | None = None  # checkpoint directory of the run this one builds on (dwm-transfer)
+
+
+Flags = Callable[["Scenario", RunContext], list[str]]
+
+
+def pretraining_scenario(lab_scenario: str, scenario: Scenario) -> bool:
+    return lab_scenario != TRANSFER
+
+
+@dataclass(frozen=True)
+class Method:
+    """A weighting method: its run's flags, the lab scenarios it is run in, and the run it builds on
+    as (lab scenario, method), same seed, if any."""
+
+    name: str
+    flags: Flags
+    applies: Callable[[str, Scenario], bool] = pretraining_scenario
+    requires: tuple[str, str] | None = None
+
+
+def uniform_flags(scenario: Scenario, context: RunContext) -> list[str]:
+    return ["--weighting", "uniform", *scenario.data_flags()]
+
+
+def data_oracle_flags(scenario: Scenario, context: RunContext) -> list[str]:
+    """Uniform weighting on the blend without the harmful data (its data order differs from uniform's)."""
+    return ["--weighting", "uniform", *scenario.data_flags(scenario.oracle_blend)]
+
+
+def loss_flags(strategy: str) -> Flags:
+    """Loss-based weighting (Sow et al., ICLR 2025) with one of its strategies, default temperature."""
+    return lambda scenario, context: ["--weighting", "loss", "--loss-weighting-strategy", strategy,
+                                      *scenario.data_flags()]
+
+
+def dwm_flags(*extra: str) -> Flags:
+    """The DWM learning on the scenario's target-dev set, with `extra` DWM flags."""
+    return lambda scenario, context: ["--weighting", "dwm", "--dwm-valid-data-path", scenario.target_dev_prefix,
+                                      *extra, *scenario.data_flags()]
+
+
+def dwm_transfer_flags(scenario: Scenario, context: RunContext) -> list[str]:
+    """The DWM trained beside the small model (same seed), loaded frozen."""
+    return ["--weighting", "dwm", "--dwm-load", str(context.source), "--dwm-freeze", *scenario.data_flags()]
+
+
+def grid_flags(index: int) -> Flags:
+    """Fixed per-domain weights: the scenario's index-th oracle-grid vector."""
+    return lambda scenario, context: ["--weighting", "domain", "--domain-weights",
+                                      *(f"{w:g}" for w in scenario.oracle_grid[index]), *scenario.data_flags()]
+
+
+METHODS: dict[str, Method] = {method.name: method for method in [
+    Method("uniform", uniform_flags, applies=lambda lab, scenario: True),
+    Method("data-oracle", data_oracle_flags,
+           applies=lambda lab, scenario: lab != TRANSFER and scenario.oracle_blend is not None),
+    Method("loss-linupper", loss_flags("linupper")),
+    Method("loss-quadratic", loss_flags("quadratic")),
+    Method("loss-extremes", loss_flags("extremes")),
+    Method("dwm", dwm_flags()),
+    Method("dwm-transfer", dwm_transfer_flags, applies=lambda lab, scenario: lab == TRANSFER,
+           requires=("target", "dwm")),
+]}
+# The methods a lab runs unless told otherwise, in the order of the report's tables.
+DEFAULT_METHODS = ["uniform", DOMAIN_ORACLE, "data-oracle", "loss-linupper", "loss-quadratic", "loss-extremes",
+                   "dwm", "dwm-transfer"]
+
+
+def grid_method_name(index: int) -> str:
+    return f"{GRID_PREFIX}{index}"
+
+
+def get_method(name: str) -> Method:
+    """The method called `name` (a METHODS entry or a grid member "domain-grid-<i>")."""
+    if name in METHODS:
+        return METHODS[name]
+    match = re.fullmatch(re.escape(GRID_PREFIX) + r"(\d+)", name)
+    if match:
+        return Method(name, grid_flags(int(match[1])),
+                      applies=lambda lab, scenario: lab != TRANSFER and int(match[1]) < len(scenario.oracle_grid))
+    raise ValueError(f"unknown method {name!r}; choose from: {', '.join([DOMAIN_ORACLE, *METHODS])}")
+
+
+def domain_oracle_applies(lab_scenario: str, scenario: Scenario) -> bool:
+    return lab_scenario != TRANSFER and bool(scenario.oracle_grid)

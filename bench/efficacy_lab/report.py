@@ -1,0 +1,340 @@
+"""The lab's report from its finished runs: OUT/results.json, OUT/results.md and OUT/plots/.
+
+Every method is compared with uniform on the seeds both finished (paired: same initialisation and
+data order); the domain oracle is the grid vector chosen on the grid seeds (runner.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from megatron_dwm.analysis.dwm_run import agg_figure, save_figure, write_text_atomically
+from megatron_dwm.analysis.run_summary import format_duration
+from megatron_dwm.training.metrics import read_metrics
+
+from . import stats
+from .methods import DEFAULT_METHODS, DOMAIN_ORACLE, GRID_PREFIX, grid_method_name
+from .runner import RESULT, SELECTION, run_dir
+
+BASELINE = "uniform"
+
+
+@dataclass
+class RunData:
+    """A finished run: its result.json and metrics records."""
+
+    result: dict[str, Any]
+    records: list[dict]
+
+    @property
+    def tokens_per_iteration(self) -> int:
+        return self.result["tokens per iteration"]
+
+    def curve(self) -> tuple[list[int], list[float]]:
+        """(tokens, target losses) at the run's evaluations."""
+        iterations, losses = stats.eval_curve(self.records)
+        return [i * self.tokens_per_iteration for i in iterations], losses
+
+
+Seeds = dict[int, RunData]  # seed index -> run
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+def load_runs(out: Path) -> dict[str, dict[str, Seeds]]:
+    """Every finished run under `out`: scenario -> method -> seed index -> run."""
+    runs: dict[str, dict[str, Seeds]] = {}
+    for path in sorted(out.glob(f"*/*/seed*/{RESULT}")):
+        result = json.loads(path.read_text())
+        records = read_metrics(path.parent / "metrics.jsonl")
+        runs.setdefault(result["scenario"], {}).setdefault(result["method"], {})[result["seed index"]] = \
+            RunData(result, records)
+    return runs
+
+
+def load_selection(out: Path, scenario: str) -> dict | None:
+    path = out / scenario / SELECTION
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def method_rows(methods: dict[str, Seeds], selection: dict | None) -> dict[str, Seeds]:
+    """The table's rows of a scenario, in the lab's order: the grid members give way to the domain
+    oracle (the chosen vector's runs on every seed)."""
+    rows = {name: seeds for name, seeds in methods.items() if not name.startswith(GRID_PREFIX)}
+    if selection is not None:
+        rows[DOMAIN_ORACLE] = methods.get(grid_method_name(selection["chosen"]), {})
+    order = {name: index for index, name in enumerate(DEFAULT_METHODS)}
+    return dict(sorted(rows.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def missing_runs(out: Path, planned: list[str]) -> list[str]:
+    """The planned runs (keys 'scenario/method/seed<k>') without a result."""
+    missing = []
+    for key in planned:
+        scenario, method, seed = key.split("/")
+        if method == DOMAIN_ORACLE:
+            selection = load_selection(out, scenario)
+            if selection is None:
+                missing.append(key)
+                continue
+            method = grid_method_name(selection["chosen"])
+        if not (run_dir(out, scenario, method, int(seed.removeprefix("seed"))) / RESULT).is_file():
+            missing.append(key)
+    return missing
+
+
+# --- comparisons -----------------------------------------------------------------------------------
+
+def _estimate(values: list[float]) -> dict | None:
+    estimate = stats.mean_ci(values)
+    return asdict(estimate) if estimate else None
+
+
+def paired_numbers(run: RunData, base: RunData) -> dict[str, float | None]:
+    """One seed's comparison of a run with uniform's run of the same seed."""
+    final, base_final = run.result["final target loss"], base.result["final target loss"]
+    at_wall = stats.loss_at_seconds(run.records, stats.train_seconds(base.records))
+    reached = stats.tokens_to_reach(*base.curve(), final)
+    step_ms, base_step_ms = stats.mean_step_ms(run.records), stats.mean_step_ms(base.records)
+    return {"equal wall-clock difference": None if at_wall is None else at_wall - base_final,
+            "uniform tokens to reach ratio": None if reached is None else reached / run.curve()[0][-1],
+            "step-time ratio": step_ms / base_step_ms if step_ms and base_step_ms else None}
+
+
+def compare(runs: Seeds, uniform: Seeds) -> dict[str, Any]:
+    """A method's numbers over its seeds and its paired comparisons with uniform (see stats.py)."""
+    finals = {seed: run.result["final target loss"] for seed, run in runs.items()}
+    paired = sorted(seed for seed in runs if seed in uniform)
+    per_seed = {seed: paired_numbers(runs[seed], uniform[seed]) for seed in paired}
+
+    def values(key: str) -> list[float]:
+        return [numbers[key] for numbers in per_seed.values() if numbers[key] is not None]
+
+    at_tokens: dict[int, list[float]] = {}
+    for seed in paired:
+        base = dict(zip(*uniform[seed].curve()))
+        for tokens, loss in zip(*runs[seed].curve()):
+            if tokens in base:
+                at_tokens.setdefault(tokens, []).append(loss - base[tokens])
+    reach = [numbers["uniform tokens to reach ratio"] for numbers in per_seed.values()]
+    # a seed uniform never reaches counts as the largest ratio: the median is a number while most seeds reach
+    median = statistics.median([math.inf if ratio is None else ratio for ratio in reach]) if reach else math.inf
+    shares = {}
+    for domain in runs[min(runs)].result["domains"] if runs else []:
+        logged = [share for run in runs.values() if (share := stats.weight_share(run.records, domain))]
+        if logged:
+            shares[domain] = {"mean": statistics.fmean(mean for mean, _ in logged),
+                              "end": statistics.fmean(end for _, end in logged)}
+    ess = [value for run in runs.values() if (value := stats.mean_ess(run.records)) is not None]
+    return {
+        "seeds": sorted(runs), "paired seeds": paired, "per seed": per_seed,
+        "final target loss": _estimate(list(finals.values())),
+        "paired difference": _estimate(stats.paired_differences(
+            finals, {seed: uniform[seed].result["final target loss"] for seed in paired})),
+        "paired difference at tokens": [{"tokens": tokens, **_estimate(diffs)}
+                                        for tokens, diffs in sorted(at_tokens.items())],
+        "equal wall-clock difference": _estimate(values("equal wall-clock difference")),
+        "uniform tokens to reach": {"median ratio": None if math.isinf(median) else median,
+                                    "seeds never reached": reach.count(None), "seeds": len(reach)},
+        "step-time ratio": _estimate(values("step-time ratio")),
+        "weight share": shares,
+        "mean ess": statistics.fmean(ess) if ess else None,
+    }
+
+
+def scenario_report(scenario: str, methods: dict[str, Seeds], selection: dict | None) -> dict[str, Any]:
+    """Every row's comparison with uniform, and the domain-weight grid's results."""
+    rows = method_rows(methods, selection)
+    uniform = rows.get(BASELINE, {})
+    first = next((run.result for seeds in methods.values() for run in seeds.values()), {})
+    return {**{key: first.get(key) for key in ("domains", "harmful domain", "target domain", "target-test tokens",
+                                                "eval iters")},
+            "methods": {name: compare(seeds, uniform) for name, seeds in rows.items() if seeds},
+            "domain-oracle selection": selection}
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+def format_estimate(estimate: dict | None, digits: int = 3) -> str:
+    """'-0.012 [-0.020, -0.004]'; just the mean for one value; '–' for none."""
+    if not estimate:
+        return "–"
+    text = f"{estimate['mean']:+.{digits}f}"
+    if estimate["low"] is not None:
+        text += f" [{estimate['low']:+.{digits}f}, {estimate['high']:+.{digits}f}]"
+    return text
+
+
+def _reach(comparison: dict) -> str:
+    reach = comparison["uniform tokens to reach"]
+    if reach["median ratio"] is not None:
+        return f"{reach['median ratio']:.2f}×"
+    never = reach["seeds never reached"]
+    return f"never ({never}/{reach['seeds']} seeds)" if never else "–"
+
+
+def _share(comparison: dict, domain: str) -> str:
+    share = comparison["weight share"].get(domain)
+    return "–" if share is None else f"{share['mean']:.3f} / {share['end']:.3f}"
+
+
+def scenario_table(report: dict[str, Any]) -> str:
+    """One markdown table: a row per method."""
+    domains = [d for d in (report["harmful domain"], report["target domain"]) if d]
+    header = ["method", "final target loss", "Δ vs uniform [95% CI]", "Δ at equal wall-clock [95% CI]",
+              "uniform tokens to reach", *(f"weight share on {d} (mean / end)" for d in domains),
+              "step time × uniform", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, c in report["methods"].items():
+        baseline = name == BASELINE
+        final = c["final target loss"]
+        step = c["step-time ratio"]
+        selection = report["domain-oracle selection"]
+        label = f"{name} ({describe_weights(report['domains'], selection['domain weights'])})" \
+            if name == DOMAIN_ORACLE and selection else name
+        cells = [label, f"{final['mean']:.3f}" if final else "–",
+                 "–" if baseline else format_estimate(c["paired difference"]),
+                 "–" if baseline else format_estimate(c["equal wall-clock difference"]),
+                 "–" if baseline else _reach(c), *(_share(c, d) for d in domains),
+                 "–" if baseline or not step else f"{step['mean']:.2f}", str(len(c["seeds"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe_weights(domains: list[str], weights: list[float]) -> str:
+    """'Junk 0.5' for the weights other than 1 ('all 1' if none)."""
+    return ", ".join(f"{domain} {weight:g}" for domain, weight in zip(domains, weights) if weight != 1) or "all 1"
+
+
+def grid_table(selection: dict, domains: list[str]) -> str:
+    """The domain-weight grid: each vector's mean final target loss on the grid seeds."""
+    lines = ["| domain weights (others 1) | mean final target loss | |", "|---|---|---|"]
+    for index, (vector, mean) in enumerate(zip(selection["grid"], selection["mean final target loss"])):
+        loss = "failed" if mean is None else f"{mean:.4f}"
+        chosen = "chosen" if index == selection["chosen"] else ""
+        lines.append(f"| {describe_weights(domains, vector)} | {loss} | {chosen} |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """results.md: the settings, then per scenario its table, grid and plots, then what is missing."""
+    settings = report["settings"]
+    tokens = settings["train_iters"] * settings["global_batch_size"] * settings["seq_length"]
+    parts = ["# Efficacy lab results", "",
+             f"Each run: {settings['train_iters']} iterations ({tokens:,} tokens); the target loss is evaluated "
+             f"every {settings['eval interval']} iterations on the whole target-test set. Differences are "
+             "method - uniform on paired seeds (negative: the method is better), mean [95% t interval]. Equal "
+             "wall-clock: the method's target loss after the training time uniform took (its final loss if it "
+             "took less), times being the logged time per iteration of runs trained two at a time. Uniform tokens to reach: the tokens uniform needed for the method's final loss, as a "
+             "ratio to the method's tokens (median over seeds). Weight share: the domain's share of the total "
+             "sample weight, mean over the run / at the end (uniform's is the domain's share of the data). The "
+             "domain oracle is the grid vector with the lowest mean final target loss on the grid seeds, which "
+             "its comparison includes.", "",
+             f"Lab wall-clock: {format_duration(report['wall-clock seconds'])}. Commands:", "",
+             *(f"    {' '.join(command)}" for command in report["commands"]), ""]
+    for scenario, entry in report["scenarios"].items():
+        about = [f"{what}: {entry[what]}" for what in ("harmful domain", "target domain") if entry[what]]
+        if entry["target-test tokens"]:
+            about.append(f"target-test set: {entry['target-test tokens']:,} tokens, {entry['eval iters']} batches "
+                         "per evaluation")
+        parts += [f"## {scenario}", "", *(["; ".join(about) + ".", ""] if about else []), scenario_table(entry), ""]
+        if entry["domain-oracle selection"]:
+            parts += [f"Domain-weight grid ({len(entry['domain-oracle selection']['seeds'])} seeds):", "",
+                      grid_table(entry["domain-oracle selection"], entry["domains"]), ""]
+        parts += [f"![target loss](plots/{scenario}-target-loss.png)",
+                  f"![weight share](plots/{scenario}-weight-share.png)", ""]
+    missing = report["failed or missing runs"]
+    parts.append(f"Failed or missing runs: {', '.join(missing) if missing else 'none'}.")
+    return "\n".join(parts) + "\n"
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+def _mean_band(curves: list[tuple[list[float], list[float]]]) -> tuple[list[float], list[float], list, list]:
+    """x, mean, low, high over the x values every curve has (low/high None with one curve)."""
+    common = sorted(set.intersection(*(set(x) for x, _ in curves))) if curves else []
+    points = [[dict(zip(x, y))[at] for x, y in curves] for at in common]
+    estimates = [stats.mean_ci(values) for values in points]
+    return common, [e.mean for e in estimates], [e.low for e in estimates], [e.high for e in estimates]
+
+
+def plot_target_loss(scenario: str, rows: dict[str, Seeds], path: Path) -> Path:
+    """Target loss against tokens per method: mean over seeds, 95% band."""
+    figure = agg_figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    for name, seeds in rows.items():
+        x, mean, low, high = _mean_band([run.curve() for run in seeds.values()])
+        if not x:
+            continue
+        line, = axes.plot(x, mean, label=f"{name} (n={len(seeds)})")
+        if None not in low:
+            axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+    axes.set(xlabel="training tokens", ylabel="target loss", title=f"{scenario}: target loss (mean, 95% band)")
+    if axes.lines:
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def plot_weight_share(scenario: str, rows: dict[str, Seeds], path: Path) -> Path:
+    """Per method, each domain's share of the total weight over training (mean over seeds)."""
+    rows = {name: seeds for name, seeds in rows.items() if seeds}
+    columns = min(3, max(1, len(rows)))
+    figure = agg_figure(figsize=(4.5 * columns, 3.2 * math.ceil(max(1, len(rows)) / columns)))
+    for index, (name, seeds) in enumerate(rows.items()):
+        axes = figure.add_subplot(math.ceil(len(rows) / columns), columns, index + 1)
+        run = next(iter(seeds.values()))
+        for domain in run.result["domains"]:
+            key = stats.WEIGHT_SHARE_PREFIX + domain
+            curves = [([r["iteration"] * run.tokens_per_iteration for r in s.records if key in r],
+                       [r[key] for r in s.records if key in r]) for s in seeds.values()]
+            x, mean, _, _ = _mean_band(curves)
+            if x:
+                axes.plot(x, mean, label=domain)
+        axes.set(title=name, xlabel="training tokens", ylabel="weight share", ylim=(0, None))
+        if axes.lines:
+            axes.legend(fontsize=6)
+    figure.suptitle(f"{scenario}: share of the total sample weight per domain (mean over seeds)")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+# --- the whole report ------------------------------------------------------------------------------
+
+def run_numbers(run: RunData) -> dict[str, Any]:
+    """A run's result.json with its target-loss curve, training time and weighting statistics."""
+    shares = {domain: share for domain in run.result["domains"]
+              if (share := stats.weight_share(run.records, domain)) is not None}
+    return {**run.result, "target loss curve": dict(zip(("tokens", "target loss"), run.curve())),
+            "training seconds": stats.train_seconds(run.records), "mean step ms": stats.mean_step_ms(run.records),
+            "weight share (mean, end)": shares, "mean ess": stats.mean_ess(run.records)}
+
+
+def build_report(out: Path, runs: dict[str, dict[str, Seeds]], lab: dict[str, Any],
+                 planned: list[str]) -> dict[str, Any]:
+    """results.json's content: settings, commands, wall-clock, every run, every comparison."""
+    scenarios = list(dict.fromkeys([key.split("/")[0] for key in planned] + list(runs)))
+    return {
+        "settings": lab["settings"], "commands": lab["commands"], "wall-clock seconds": lab["wall-clock seconds"],
+        "runs": [run_numbers(run) for methods in runs.values() for seeds in methods.values() for run in seeds.values()],
+        "scenarios": {scenario: scenario_report(scenario, runs.get(scenario, {}), load_selection(out, scenario))
+                      for scenario in scenarios},
+        "failed or missing runs": missing_runs(out, planned),
+    }
+
+
+def write_report(out: Path, lab: dict[str, Any], planned: list[str]) -> Path:
+    """Write OUT/results.json, OUT/results.md and the plots; the path of results.md."""
+    runs = load_runs(out)
+    report = build_report(out, runs, lab, planned)
+    for scenario in report["scenarios"]:
+        rows = method_rows(runs.get(scenario, {}), load_selection(out, scenario))
+        plot_target_loss(scenario, rows, out / "plots" / f"{scenario}-target-loss.png")
+        plot_weight_share(scenario, rows, out / "plots" / f"{scenario}-weight-share.png")
+    write_text_atomically(out / "results.json", json.dumps(report, indent=1) + "\n")
+    return write_text_atomically(out / "results.md", markdown(report))

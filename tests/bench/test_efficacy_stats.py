@@ -1,0 +1,280 @@
+"""The efficacy lab without training: its statistics against formulas and known values, its plan of
+runs, its run commands, and its report built from synthetic run records."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+from efficacy_lab import report, runner, stats  # noqa: E402
+from efficacy_lab.methods import DOMAIN_ORACLE, get_method  # noqa: E402
+
+MS, SHARE = stats.STEP_MS, stats.WEIGHT_SHARE_PREFIX
+
+
+# --- Student's t and confidence intervals -----------------------------------------------------------
+
+@pytest.mark.parametrize("df, quantile", [(1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042)])
+def test_t_quantile_matches_tables(df, quantile):
+    assert stats.t_quantile(0.975, df) == pytest.approx(quantile, abs=5e-4)
+    assert stats.t_quantile(0.025, df) == pytest.approx(-quantile, abs=5e-4)
+
+
+def test_t_quantile_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 3, 7, 29, 200):
+        for p in (0.6, 0.9, 0.95, 0.975, 0.995):
+            assert stats.t_quantile(p, df) == pytest.approx(scipy_stats.t.ppf(p, df), rel=1e-8)
+            assert stats.t_cdf(scipy_stats.t.ppf(p, df), df) == pytest.approx(p, abs=1e-10)
+
+
+def test_mean_ci_is_the_t_interval():
+    estimate = stats.mean_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    half = 2.7764451 * math.sqrt(2.5) / math.sqrt(5)  # t_{0.975,4} x sd / sqrt(n)
+    assert estimate.n == 5 and estimate.mean == pytest.approx(3.0)
+    assert (estimate.low, estimate.high) == pytest.approx((3.0 - half, 3.0 + half), abs=1e-6)
+    assert stats.mean_ci([0.25]) == stats.Estimate(0.25, None, None, 1)
+    assert stats.mean_ci([]) is None
+
+
+def test_paired_differences_use_the_seeds_both_have():
+    method = {0: 5.0, 1: 4.0, 2: None, 3: 3.5}
+    uniform = {0: 5.5, 1: 4.5, 2: 4.0}
+    assert stats.paired_differences(method, uniform) == [-0.5, -0.5]
+
+
+# --- curves ----------------------------------------------------------------------------------------
+
+def test_interpolate_between_points_and_nothing_outside():
+    xs, ys = [10, 20, 40], [6.0, 5.0, 4.0]
+    assert stats.interpolate(xs, ys, 15) == pytest.approx(5.5)
+    assert stats.interpolate(xs, ys, 30) == pytest.approx(4.5)
+    assert stats.interpolate(xs, ys, 40) == 4.0
+    assert stats.interpolate(xs, ys, 5) is None and stats.interpolate(xs, ys, 41) is None
+
+
+def test_tokens_to_reach():
+    tokens, losses = [100, 200, 300], [6.0, 5.0, 4.0]
+    assert stats.tokens_to_reach(tokens, losses, 4.5) == pytest.approx(250)
+    assert stats.tokens_to_reach(tokens, losses, 5.0) == pytest.approx(200)
+    assert stats.tokens_to_reach(tokens, losses, 7.0) == 100  # reached by the first evaluation
+    assert stats.tokens_to_reach(tokens, losses, 3.9) is None  # never
+
+
+def _train(iteration: int, ms: float, **scalars: float) -> dict:
+    return {"iteration": iteration, "consumed samples": 16 * iteration, MS: ms, **scalars}
+
+
+def _eval(iteration: int, loss: float) -> dict:
+    return {"iteration": iteration, stats.TARGET_LOSS: loss}
+
+
+def test_eval_curve_and_final_loss():
+    records = [_train(5, 100), _eval(5, 6.0), _train(10, 100), _eval(10, 5.0)]
+    assert stats.eval_curve(records) == ([5, 10], [6.0, 5.0])
+    assert stats.final_target_loss(records) == 5.0
+    assert stats.final_target_loss([_train(5, 100)]) is None
+
+
+def test_training_time_integrates_the_per_iteration_times():
+    records = [_train(5, 100), _eval(5, 6.0), _train(10, 300)]
+    assert stats.train_time_points(records) == ([0, 5, 10], pytest.approx([0.0, 0.5, 2.0]))
+    assert stats.train_seconds(records) == pytest.approx(2.0)
+    assert stats.mean_step_ms(records) == pytest.approx(200.0)
+
+
+def test_loss_at_equal_wall_clock():
+    # the method: 200 ms per iteration, evaluated at iterations 5 (1 s) and 10 (2 s)
+    method = [_train(5, 200), _eval(5, 6.0), _train(10, 200), _eval(10, 5.0)]
+    assert stats.loss_at_seconds(method, 1.0) == pytest.approx(6.0)
+    assert stats.loss_at_seconds(method, 1.5) == pytest.approx(5.5)
+    assert stats.loss_at_seconds(method, 3.0) == 5.0  # it had finished: its final loss
+    assert stats.loss_at_seconds(method, 0.5) is None  # before its first evaluation
+    uniform = [_train(5, 100), _eval(5, 6.2), _train(10, 100), _eval(10, 5.6)]
+    assert stats.loss_at_seconds(method, stats.train_seconds(uniform)) == pytest.approx(6.0)
+
+
+def test_weight_share_and_ess():
+    records = [_train(5, 100, **{SHARE + "Junk": 0.3, "dwm/ess": 16.0}), _eval(5, 6.0),
+               _train(10, 100, **{SHARE + "Junk": 0.1, "dwm/ess": 12.0})]
+    assert stats.weight_share(records, "Junk") == pytest.approx((0.2, 0.1))
+    assert stats.weight_share(records, "Book") is None
+    assert stats.mean_ess(records) == pytest.approx(14.0)
+
+
+# --- plan and commands ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FakeScenario:
+    name: str
+    oracle_blend: list | None
+    oracle_grid: list
+    harmful_domain: str | None = None
+    target_domain: str | None = None
+    domains: tuple = ("A", "Junk")
+    target_dev_prefix: str = "/data/dev"
+    target_test_tokens: int = 27_065
+
+    def data_flags(self, blend=None) -> list[str]:
+        return ["--per-split-data-args-path", f"/data/{self.name}-{'oracle' if blend else 'blend'}.json"]
+
+
+JUNK = FakeScenario("junk", [[1.0, "/data/A"]], [[1.0, 0.0], [1.0, 0.5]], harmful_domain="Junk")
+TARGET = FakeScenario("target", None, [[2.0, 1.0], [4.0, 1.0]], target_domain="A")
+
+
+def test_lab_config_evaluates_the_whole_target_test_set_on_logged_iterations():
+    config = runner.LabConfig(runner.FULL_TRAIN_ITERS)
+    assert config.eval_iters(27_065) * config.tokens_per_iteration >= 27_065
+    assert config.eval_iters(1_000) == config.min_eval_iters  # at least 20,480 tokens
+    for train_iters in (6, 30, 100, 120, 7):
+        config = runner.LabConfig(train_iters)
+        assert config.eval_interval % config.log_interval == 0 and train_iters % config.log_interval == 0
+        assert config.lr_warmup_iters < train_iters
+
+
+def test_plan_runs_the_grid_first_and_transfer_after_its_source():
+    config = runner.LabConfig(30)
+    data = {"junk": JUNK, "target": TARGET}
+    runs = runner.plan_runs(data, ["junk", "transfer"], ["uniform", DOMAIN_ORACLE, "data-oracle", "dwm-transfer"],
+                            3, config)
+    keys = [run.key for run in runs]
+    grid = ["junk/domain-grid-0/seed0", "junk/domain-grid-0/seed1", "junk/domain-grid-1/seed0",
+            "junk/domain-grid-1/seed1"]
+    assert keys[:4] == grid
+    oracle = next(run for run in runs if run.method == DOMAIN_ORACLE)
+    assert oracle.key == "junk/domain-oracle/seed2" and list(oracle.requires) == grid
+    assert {"junk/data-oracle/seed0", "target/dwm/seed2"} <= set(keys)  # the transfer's source is added
+    assert [k for k in keys if k.startswith("transfer/")] == keys[-6:]  # transfer last
+    transfer = next(run for run in runs if run.key == "transfer/dwm-transfer/seed1")
+    assert transfer.requires == ("target/dwm/seed1",)
+    assert not any(key.startswith("transfer/domain") or key.startswith("transfer/data") for key in keys)
+    # the target scenario has no data oracle
+    runs = runner.plan_runs(data, ["target"], ["uniform", "data-oracle"], 1, config)
+    assert [run.key for run in runs] == ["target/uniform/seed0"]
+
+
+def test_run_commands(tmp_path):
+    config = runner.LabConfig(30)
+    lab = runner.Lab(tmp_path, config, {"junk": JUNK, "target": TARGET}, jobs=2)
+
+    def command(scenario: str, method: str, seed: int = 1) -> list[str]:
+        return lab.command(runner.Run(scenario, method, seed))
+
+    uniform = command("junk", "uniform")
+    assert uniform[1].endswith("pretrain_dwm.py")
+    assert ["--weighting", "uniform"] == uniform[uniform.index("--weighting"):uniform.index("--weighting") + 2]
+    assert "--seed" in uniform and uniform[uniform.index("--seed") + 1] == str(config.base_seed + 1)
+    assert "--save" not in uniform and "--dwm-valid-data-path" not in uniform
+    assert "/data/junk-oracle.json" in command("junk", "data-oracle")
+    grid = command("junk", "domain-grid-1")
+    assert grid[grid.index("--domain-weights") + 1:grid.index("--domain-weights") + 3] == ["1", "0.5"]
+    loss = command("junk", "loss-quadratic")
+    assert loss[loss.index("--loss-weighting-strategy") + 1] == "quadratic"
+    dwm = command("target", "dwm")
+    assert dwm[dwm.index("--dwm-valid-data-path") + 1] == "/data/dev"
+    assert dwm[dwm.index("--save") + 1] == str(tmp_path / "target" / "dwm" / "seed1" / "checkpoints")
+    assert "--save" not in command("junk", "dwm")
+    transfer = command("transfer", "dwm-transfer")
+    assert transfer[transfer.index("--model-preset") + 1] == "small"
+    assert transfer[transfer.index("--dwm-load") + 1] == str(tmp_path / "target" / "dwm" / "seed1" / "checkpoints")
+    assert "--dwm-freeze" in transfer and "--dwm-valid-data-path" not in transfer
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("dwm-typo")
+
+
+def _result(out: Path, scenario: str, method: str, seed: int, records: list[dict]) -> None:
+    directory = runner.run_dir(out, scenario, method, seed)
+    directory.mkdir(parents=True)
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    result = {"scenario": scenario, "method": method, "seed index": seed, "seed": 1000 + seed,
+              "model preset": "tiny", "final target loss": stats.final_target_loss(records),
+              "tokens per iteration": 2048, "train iters": 10, "target-test tokens": 30_000, "eval iters": 15,
+              "domains": ["A", "Junk"], "harmful domain": "Junk", "target domain": None, "command": []}
+    (directory / runner.RESULT).write_text(json.dumps(result))
+
+
+def _records(final: float, ms: float, junk_share: float) -> list[dict]:
+    return [_train(5, ms, **{SHARE + "A": 1 - junk_share, SHARE + "Junk": junk_share, "dwm/ess": 15.0}),
+            _eval(5, final + 1.0),
+            _train(10, ms, **{SHARE + "A": 1 - junk_share, SHARE + "Junk": junk_share, "dwm/ess": 15.0}),
+            _eval(10, final)]
+
+
+def test_domain_oracle_is_the_grid_vector_with_the_lowest_mean_loss(tmp_path):
+    for seed in (0, 1):
+        _result(tmp_path, "junk", "domain-grid-0", seed, _records(5.0 + seed, 100, 0.0))
+        _result(tmp_path, "junk", "domain-grid-1", seed, _records(5.2, 100, 0.15))
+    assert runner.select_domain_oracle(tmp_path, "junk", JUNK.oracle_grid, 2) == "domain-grid-1"
+    selection = json.loads((tmp_path / "junk" / runner.SELECTION).read_text())
+    assert selection["chosen"] == 1 and selection["mean final target loss"] == pytest.approx([5.5, 5.2])
+
+
+def test_domain_oracle_is_chosen_with_a_single_seed_too(tmp_path):
+    _result(tmp_path, "junk", "domain-grid-0", 0, _records(5.0, 100, 0.0))
+    _result(tmp_path, "junk", "domain-grid-1", 0, _records(5.2, 100, 0.15))
+    lab = runner.Lab(tmp_path, runner.LabConfig(10), {"junk": JUNK}, jobs=2)
+    lab.train(runner.plan_runs({"junk": JUNK}, ["junk"], [DOMAIN_ORACLE], 1, runner.LabConfig(10)))
+    selection = json.loads((tmp_path / "junk" / runner.SELECTION).read_text())
+    assert selection["chosen"] == 0 and selection["seeds"] == [0]
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+def test_report_from_synthetic_runs(tmp_path):
+    uniform_finals, dwm_finals = [5.0, 5.2, 4.9], [4.8, 5.1, 4.6]  # differences -0.2, -0.1, -0.3
+    for seed in range(3):
+        _result(tmp_path, "junk", "uniform", seed, _records(uniform_finals[seed], 100, 0.3))
+        _result(tmp_path, "junk", "dwm", seed, _records(dwm_finals[seed], 200, 0.1))
+    for seed in (0, 1):
+        _result(tmp_path, "junk", "domain-grid-0", seed, _records(4.7, 100, 0.0))
+        _result(tmp_path, "junk", "domain-grid-1", seed, _records(4.8, 100, 0.15))
+    runner.select_domain_oracle(tmp_path, "junk", JUNK.oracle_grid, 2)
+    lab = {"settings": runner.LabConfig(10).settings(), "commands": [["python", "bench/efficacy.py"]],
+           "wall-clock seconds": 75.0}
+    planned = [f"junk/{method}/seed{seed}" for method in ("uniform", "dwm") for seed in range(4)]
+    path = report.write_report(tmp_path, lab, planned + ["junk/domain-oracle/seed2"])
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    junk = results["scenarios"]["junk"]
+    assert list(junk["methods"]) == ["uniform", DOMAIN_ORACLE, "dwm"]
+    dwm = junk["methods"]["dwm"]
+    half = 4.3026527 * 0.1 / math.sqrt(3)  # t_{0.975,2} x sd / sqrt(3)
+    assert dwm["paired difference"]["mean"] == pytest.approx(-0.2)
+    assert dwm["paired difference"]["low"] == pytest.approx(-0.2 - half)
+    assert dwm["paired difference"]["n"] == 3
+    # twice as slow: at uniform's 1 s of training the method is at its first evaluation (final + 1)
+    assert dwm["equal wall-clock difference"]["mean"] == pytest.approx(0.8)
+    assert dwm["step-time ratio"]["mean"] == pytest.approx(2.0)
+    assert dwm["weight share"]["Junk"] == pytest.approx({"mean": 0.1, "end": 0.1})
+    # uniform's curve runs from final + 1 at 10,240 tokens to final at 20,480: never as low as dwm's final
+    assert dwm["uniform tokens to reach"]["median ratio"] is None
+    assert dwm["uniform tokens to reach"]["seeds never reached"] == 3
+    assert [entry["tokens"] for entry in dwm["paired difference at tokens"]] == [10_240, 20_480]
+    assert junk["methods"][DOMAIN_ORACLE]["seeds"] == [0, 1]
+    assert results["failed or missing runs"] == ["junk/uniform/seed3", "junk/dwm/seed3", "junk/domain-oracle/seed2"]
+    assert len(results["runs"]) == 10
+
+    text = path.read_text()
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == ["method", "final target loss", "Δ vs uniform [95% CI]", "Δ at equal wall-clock [95% CI]",
+                      "uniform tokens to reach", "weight share on Junk (mean / end)", "step time × uniform", "seeds"]
+    rows = {line.split("|")[1].strip().split(" (")[0]: [cell.strip() for cell in line.strip("|").split("|")]
+            for line in table[2:5]}
+    assert rows["dwm"][2] == f"-0.200 [{-0.2 - half:+.3f}, {-0.2 + half:+.3f}]"
+    assert rows["dwm"][5:] == ["0.100 / 0.100", "2.00", "3"]
+    assert rows["uniform"][2] == "–" and rows[DOMAIN_ORACLE][-1] == "2"
+    assert rows[DOMAIN_ORACLE][0] == "domain-oracle (Junk 0)"
+    assert "| Junk 0.5 | 4.8000 |  |" in text and "| Junk 0 | 4.7000 | chosen |" in text
+    assert "Failed or missing runs: junk/uniform/seed3, junk/dwm/seed3, junk/domain-oracle/seed2." in text
+    assert (tmp_path / "plots" / "junk-target-loss.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "junk-weight-share.png").stat().st_size > 0
