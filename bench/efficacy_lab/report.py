@@ -234,7 +234,10 @@ def markdown(report: dict[str, Any]) -> str:
              "ratio to the method's tokens (median over seeds). Weight share: the domain's share of the total "
              "sample weight, mean over the run / at the end (uniform's is the domain's share of the data). The "
              "domain oracle is the grid vector with the lowest mean final target loss on the grid seeds, which "
-             "its comparison includes.", "",
+             "its comparison includes. Plots per scenario: the paired difference with uniform at each "
+             "evaluation and the target loss (both mean over seeds with a 95% t band), and the mean weight of "
+             f"each domain's samples (uniform's is 1), a trailing mean over {WEIGHT_WINDOW} logged iterations "
+             "averaged over seeds; the harmful or target domain is drawn thick.", "",
              f"Lab wall-clock: {format_duration(report['wall-clock seconds'])}. Commands:", "",
              *(f"    {' '.join(command)}" for command in report["commands"]), ""]
     for scenario, entry in report["scenarios"].items():
@@ -246,14 +249,61 @@ def markdown(report: dict[str, Any]) -> str:
         if entry["domain-oracle selection"]:
             parts += [f"Domain-weight grid ({len(entry['domain-oracle selection']['seeds'])} seeds):", "",
                       grid_table(entry["domain-oracle selection"], entry["domains"]), ""]
-        parts += [f"![target loss](plots/{scenario}-target-loss.png)",
-                  f"![weight share](plots/{scenario}-weight-share.png)", ""]
+        parts += [f"![{scenario}: paired difference with uniform](plots/{scenario}-difference.png)", "",
+                  f"![{scenario}: target loss](plots/{scenario}-target-loss.png)", "",
+                  f"![{scenario}: mean weight per domain](plots/{scenario}-domain-weights.png)", ""]
     missing = report["failed or missing runs"]
     parts.append(f"Failed or missing runs: {', '.join(missing) if missing else 'none'}.")
     return "\n".join(parts) + "\n"
 
 
 # --- plots -----------------------------------------------------------------------------------------
+
+WEIGHT_WINDOW = 10  # logged iterations in the trailing mean of the domain-weight plot
+TOKENS_LABEL = "training tokens"
+LOSS_UNIT = "nats/token"
+
+# A method keeps its colour, line style and marker in every plot; the styles mark the families
+# (oracles dash-dotted, loss-based dashed, DWM solid). Other methods (variants) take the spare colours.
+_METHOD_COLOURS = {"uniform": "black", DOMAIN_ORACLE: "tab:green", "data-oracle": "tab:olive",
+                   "loss-linupper": "tab:purple", "loss-quadratic": "tab:pink", "loss-extremes": "tab:brown",
+                   "dwm": "tab:red", "dwm-transfer": "tab:orange"}
+_SPARE_COLOURS = ["tab:blue", "tab:cyan", "tab:gray", "navy", "darkgoldenrod", "teal", "crimson", "slateblue"]
+_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p"]
+_LINESTYLES = ["-", "--", "-.", ":"]
+
+
+def method_styles(names: list[str]) -> dict[str, dict[str, str]]:
+    """Matplotlib line keywords per method: distinct colours and markers, the line style by family."""
+    styles, spare = {}, 0
+    for index, name in enumerate(names):
+        if name in _METHOD_COLOURS:
+            colour = _METHOD_COLOURS[name]
+            linestyle = "-." if "oracle" in name else "--" if name.startswith("loss-") else "-"
+        else:
+            colour = _SPARE_COLOURS[spare % len(_SPARE_COLOURS)]
+            linestyle = _LINESTYLES[spare // len(_SPARE_COLOURS) % len(_LINESTYLES)]
+            spare += 1
+        styles[name] = {"color": colour, "linestyle": linestyle, "marker": _MARKERS[index % len(_MARKERS)]}
+    return styles
+
+
+def _tokens_axis(axes: Any) -> None:
+    """Training tokens on the x axis, as 0, 50k, 100k..."""
+    from matplotlib.ticker import EngFormatter
+
+    axes.xaxis.set_major_formatter(EngFormatter(sep=""))
+    axes.set_xlabel(TOKENS_LABEL)
+
+
+def _legend_outside(axes: Any, handles: list | None = None, labels: list | None = None, **kwargs: Any) -> None:
+    """A legend right of the axes, its top at theirs (a "constrained" figure makes room for it)."""
+    if handles is None:
+        handles, labels = axes.get_legend_handles_labels()
+    if handles:
+        axes.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8,
+                    **kwargs)
+
 
 def _mean_band(curves: list[tuple[list[float], list[float]]]) -> tuple[list[float], list[float], list, list]:
     """x, mean, low, high over the x values every curve has (low/high None with one curve)."""
@@ -264,43 +314,112 @@ def _mean_band(curves: list[tuple[list[float], list[float]]]) -> tuple[list[floa
 
 
 def plot_target_loss(scenario: str, rows: dict[str, Seeds], path: Path) -> Path:
-    """Target loss against tokens per method: mean over seeds, 95% band."""
-    figure = agg_figure(figsize=(7, 4.5))
+    """Target loss against training tokens per method: mean over seeds, 95% t band; legend outside."""
+    figure = agg_figure(figsize=(9, 4.8), layout="constrained")
     axes = figure.add_subplot()
+    styles = method_styles(list(rows))
     for name, seeds in rows.items():
         x, mean, low, high = _mean_band([run.curve() for run in seeds.values()])
         if not x:
             continue
-        line, = axes.plot(x, mean, label=f"{name} (n={len(seeds)})")
+        axes.plot(x, mean, label=f"{name} (n={len(seeds)})", markersize=4, linewidth=1.4, **styles[name])
         if None not in low:
-            axes.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
-    axes.set(xlabel="training tokens", ylabel="target loss", title=f"{scenario}: target loss (mean, 95% band)")
-    if axes.lines:
-        axes.legend(fontsize=8)
-    figure.tight_layout()
+            axes.fill_between(x, low, high, color=styles[name]["color"], alpha=0.12, linewidth=0)
+    _tokens_axis(axes)
+    axes.set(ylabel=f"target loss ({LOSS_UNIT})", title=f"{scenario}: target loss (mean over seeds, 95% t band)")
+    axes.grid(alpha=0.3)
+    _legend_outside(axes)
     return save_figure(figure, path)
 
 
-def plot_weight_share(scenario: str, rows: dict[str, Seeds], path: Path) -> Path:
-    """Per method, each domain's share of the total weight over training (mean over seeds)."""
+def plot_difference(scenario: str, comparisons: dict[str, dict], path: Path) -> Path:
+    """Per method, its target loss - uniform's at each evaluation's token count: mean over the paired
+    seeds with the 95% t band (compare's "paired difference at tokens"), zero marked."""
+    figure = agg_figure(figsize=(9, 4.8), layout="constrained")
+    axes = figure.add_subplot()
+    styles = method_styles(list(comparisons))
+    alpha = max(0.06, 0.25 / math.sqrt(max(1, len(comparisons) - 1)))  # fainter bands when many overlap
+    axes.axhline(0.0, color="black", linewidth=1.0, label=f"{BASELINE} (0)")
+    for name, comparison in comparisons.items():
+        points = comparison["paired difference at tokens"]
+        if name == BASELINE or not points:
+            continue
+        x = [point["tokens"] for point in points]
+        pairs = len(comparison["paired seeds"])
+        axes.plot(x, [point["mean"] for point in points], label=f"{name} ({pairs} pair{'s' if pairs != 1 else ''})",
+                  markersize=4, linewidth=1.4, **styles[name])
+        if all(point["low"] is not None for point in points):
+            axes.fill_between(x, [point["low"] for point in points], [point["high"] for point in points],
+                              color=styles[name]["color"], alpha=alpha, linewidth=0)
+    if len(axes.lines) == 1:
+        axes.text(0.5, 0.5, f"no method paired with {BASELINE}", transform=axes.transAxes, ha="center")
+    _tokens_axis(axes)
+    axes.set(ylabel=f"target loss - {BASELINE}'s ({LOSS_UNIT})\nbelow 0: better than {BASELINE}",
+             title=f"{scenario}: paired difference with {BASELINE} (mean over seeds, 95% t band)")
+    axes.grid(alpha=0.3)
+    _legend_outside(axes)
+    return save_figure(figure, path)
+
+
+def domain_weight_series(seeds: Seeds, domain: str, window: int = WEIGHT_WINDOW) -> tuple[list[int], list[float]]:
+    """(training tokens, the mean weight of the domain's samples): each seed's trailing mean over `window`
+    logged iterations (stats.domain_weight_curve), then the mean over the seeds."""
+    curves = []
+    for run in seeds.values():
+        iterations, weights = stats.domain_weight_curve(run.records, domain, window)
+        curves.append(([i * run.tokens_per_iteration for i in iterations], weights))
+    return stats.pointwise_mean(curves)
+
+
+def weight_panels(rows: dict[str, Seeds]) -> dict[str, Seeds]:
+    """The methods the domain-weight plot draws: those with runs, less uniform (whose weights are all 1)
+    unless it is the only one."""
     rows = {name: seeds for name, seeds in rows.items() if seeds}
-    columns = min(3, max(1, len(rows)))
-    figure = agg_figure(figsize=(4.5 * columns, 3.2 * math.ceil(max(1, len(rows)) / columns)))
-    for index, (name, seeds) in enumerate(rows.items()):
-        axes = figure.add_subplot(math.ceil(len(rows) / columns), columns, index + 1)
-        run = next(iter(seeds.values()))
-        for domain in run.result["domains"]:
-            key = stats.WEIGHT_SHARE_PREFIX + domain
-            curves = [([r["iteration"] * run.tokens_per_iteration for r in s.records if key in r],
-                       [r[key] for r in s.records if key in r]) for s in seeds.values()]
-            x, mean, _, _ = _mean_band(curves)
+    return {name: seeds for name, seeds in rows.items() if name != BASELINE} or rows
+
+
+def plot_domain_weights(scenario: str, rows: dict[str, Seeds], path: Path, window: int = WEIGHT_WINDOW) -> Path:
+    """A panel per method (uniform left out: all 1): the mean weight of each domain's samples over
+    training, smoothed (domain_weight_series); shared y axis from 0, 1 dashed, the harmful and target
+    domains thick."""
+    panels = weight_panels(rows)
+    first = next((run.result for seeds in panels.values() for run in seeds.values()), {})
+    domains = first.get("domains", [])
+    roles = {first.get("harmful domain"): "harmful", first.get("target domain"): "target"}
+    columns = min(3, max(1, len(panels)))
+    panel_rows = math.ceil(max(1, len(panels)) / columns)
+    figure = agg_figure(figsize=(3.6 * columns + 2.6, 2.9 * panel_rows + 0.8), layout="constrained")
+    grid = figure.subplots(panel_rows, columns, sharex=True, sharey=True, squeeze=False)
+    colours = [f"C{index % 10}" for index in range(len(domains))]
+    for index, axes in enumerate(grid.flat):
+        if index >= len(panels):  # an empty place in the last row: the panel above shows the x axis
+            axes.set_visible(False)
+            above = grid[index // columns - 1, index % columns]
+            above.xaxis.set_tick_params(labelbottom=True)
+            above.set_xlabel(TOKENS_LABEL)
+            continue
+        name, seeds = list(panels.items())[index]
+        axes.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+        for domain, colour in zip(domains, colours):
+            x, y = domain_weight_series(seeds, domain, window)
+            role = roles.get(domain)
             if x:
-                axes.plot(x, mean, label=domain)
-        axes.set(title=name, xlabel="training tokens", ylabel="weight share", ylim=(0, None))
-        if axes.lines:
-            axes.legend(fontsize=6)
-    figure.suptitle(f"{scenario}: share of the total sample weight per domain (mean over seeds)")
-    figure.tight_layout()
+                axes.plot(x, y, color=colour, linewidth=2.6 if role else 1.2, zorder=3 if role else 2,
+                          label=f"{domain} ({role})" if role else domain)
+        axes.set_title(f"{name} (n={len(seeds)})", fontsize=10)
+        axes.grid(alpha=0.3)
+        _tokens_axis(axes)
+        if index + columns < len(panels):
+            axes.set_xlabel("")
+        if axes.get_subplotspec().is_first_col():
+            axes.set_ylabel("mean sample weight")
+    grid.flat[0].set_ylim(bottom=0)
+    handles = {label: handle for axes in grid.flat for handle, label in zip(*axes.get_legend_handles_labels())}
+    _legend_outside(grid[0, min(columns, len(panels)) - 1], list(handles.values()), list(handles), title="domain",
+                    title_fontsize=8)
+    left_out = " (uniform: all 1)" if BASELINE in rows and BASELINE not in panels else ""
+    figure.suptitle(f"{scenario}: mean weight of each domain's samples{left_out}\ntrailing mean over {window} "
+                    "logged iterations, mean over seeds", fontsize=10)
     return save_figure(figure, path)
 
 
@@ -335,6 +454,8 @@ def write_report(out: Path, lab: dict[str, Any], planned: list[str]) -> Path:
     for scenario in report["scenarios"]:
         rows = method_rows(runs.get(scenario, {}), load_selection(out, scenario))
         plot_target_loss(scenario, rows, out / "plots" / f"{scenario}-target-loss.png")
-        plot_weight_share(scenario, rows, out / "plots" / f"{scenario}-weight-share.png")
+        comparisons = report["scenarios"][scenario]["methods"]
+        plot_difference(scenario, comparisons, out / "plots" / f"{scenario}-difference.png")
+        plot_domain_weights(scenario, rows, out / "plots" / f"{scenario}-domain-weights.png")
     write_text_atomically(out / "results.json", json.dumps(report, indent=1) + "\n")
     return write_text_atomically(out / "results.md", markdown(report))

@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 TARGET_LOSS = "lm loss validation"
 STEP_MS = "elapsed time per iteration (ms)"
 ESS = "dwm/ess"
+WEIGHT_PREFIX = "dwm/weight/"  # the mean weight of a domain's samples (1 throughout under uniform)
 WEIGHT_SHARE_PREFIX = "dwm/weight share/"
 
 
@@ -185,6 +186,38 @@ def weight_share(records: Sequence[dict], domain: str) -> tuple[float, float] | 
     values = [r[WEIGHT_SHARE_PREFIX + domain] for r in sorted(records, key=lambda r: r["iteration"])
               if WEIGHT_SHARE_PREFIX + domain in r]
     return (statistics.fmean(values), values[-1]) if values else None
+
+
+def trailing_mean(values: Sequence[float | None], window: int) -> list[float | None]:
+    """The mean of each value and the window - 1 before it (fewer at the start), skipping the Nones;
+    None where the window holds none."""
+    if window < 1:
+        raise ValueError(f"a window needs at least 1 value, got {window}")
+    means: list[float | None] = []
+    for index in range(len(values)):
+        present = [v for v in values[max(0, index - window + 1):index + 1] if v is not None]
+        means.append(statistics.fmean(present) if present else None)
+    return means
+
+
+def domain_weight_curve(records: Sequence[dict], domain: str, window: int = 10) -> tuple[list[int], list[float]]:
+    """(iterations, mean weight of the domain's samples) at the logged training iterations, as a trailing
+    mean over `window` logged iterations: an interval whose batches held none of the domain's samples
+    logs no weight for it and counts in the window without a value."""
+    logged = sorted((r for r in records if STEP_MS in r), key=lambda r: r["iteration"])
+    smoothed = trailing_mean([r.get(WEIGHT_PREFIX + domain) for r in logged], window)
+    points = [(r["iteration"], value) for r, value in zip(logged, smoothed) if value is not None]
+    return [i for i, _ in points], [v for _, v in points]
+
+
+def pointwise_mean(curves: Sequence[tuple[Sequence[float], Sequence[float]]]) -> tuple[list[float], list[float]]:
+    """(x, mean) at every x of any curve: the mean of the curves that have a value there."""
+    at: dict[float, list[float]] = {}
+    for xs, ys in curves:
+        for x, y in zip(xs, ys):
+            at.setdefault(x, []).append(y)
+    xs = sorted(at)
+    return xs, [statistics.fmean(at[x]) for x in xs]
 
 
 def mean_ess(records: Sequence[dict]) -> float | None:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from efficacy_lab import report, runner, stats  # noqa: E402
 from efficacy_lab.methods import DOMAIN_ORACLE, get_method  # noqa: E402
 
-MS, SHARE = stats.STEP_MS, stats.WEIGHT_SHARE_PREFIX
+MS, SHARE, WEIGHT = stats.STEP_MS, stats.WEIGHT_SHARE_PREFIX, stats.WEIGHT_PREFIX
 
 
 # --- Student's t and confidence intervals -----------------------------------------------------------
@@ -108,6 +108,33 @@ def test_weight_share_and_ess():
     assert stats.weight_share(records, "Junk") == pytest.approx((0.2, 0.1))
     assert stats.weight_share(records, "Book") is None
     assert stats.mean_ess(records) == pytest.approx(14.0)
+
+
+def test_trailing_mean_skips_missing_values():
+    assert stats.trailing_mean([1.0, 2.0, 3.0, 4.0], 2) == pytest.approx([1.0, 1.5, 2.5, 3.5])
+    assert stats.trailing_mean([1.0, None, 3.0, None, None], 2) == [1.0, 1.0, 3.0, 3.0, None]
+    assert stats.trailing_mean([2.0, 4.0], 10) == pytest.approx([2.0, 3.0])
+    with pytest.raises(ValueError):
+        stats.trailing_mean([1.0], 0)
+
+
+def test_domain_weight_curve_smooths_over_logged_iterations():
+    # Book is absent from the batches of iteration 15: that logged iteration counts in the window empty
+    records = [_train(5, 100, **{WEIGHT + "Book": 1.0, WEIGHT + "Junk": 1.0}), _eval(5, 6.0),
+               _train(10, 100, **{WEIGHT + "Book": 2.0, WEIGHT + "Junk": 0.5}),
+               _train(15, 100, **{WEIGHT + "Junk": 0.3}), _eval(15, 5.5),
+               _train(20, 100, **{WEIGHT + "Book": 4.0, WEIGHT + "Junk": 0.1})]
+    assert stats.domain_weight_curve(records, "Book", window=2) == \
+        ([5, 10, 15, 20], pytest.approx([1.0, 1.5, 2.0, 4.0]))
+    assert stats.domain_weight_curve(records, "Junk", window=1) == ([5, 10, 15, 20], [1.0, 0.5, 0.3, 0.1])
+    assert stats.domain_weight_curve(records, "Book", window=10)[1] == pytest.approx([1.0, 1.5, 1.5, 7 / 3])
+    assert stats.domain_weight_curve(records, "Wiki") == ([], [])
+
+
+def test_pointwise_mean_averages_the_curves_that_have_a_value():
+    assert stats.pointwise_mean([([1, 2, 3], [1.0, 2.0, 3.0]), ([2, 3, 4], [4.0, 6.0, 8.0])]) == \
+        ([1, 2, 3, 4], pytest.approx([1.0, 3.0, 4.5, 8.0]))
+    assert stats.pointwise_mean([]) == ([], [])
 
 
 # --- plan and commands ------------------------------------------------------------------------------
@@ -277,4 +304,63 @@ def test_report_from_synthetic_runs(tmp_path):
     assert "| Junk 0.5 | 4.8000 |  |" in text and "| Junk 0 | 4.7000 | chosen |" in text
     assert "Failed or missing runs: junk/uniform/seed3, junk/dwm/seed3, junk/domain-oracle/seed2." in text
     assert (tmp_path / "plots" / "junk-target-loss.png").stat().st_size > 0
-    assert (tmp_path / "plots" / "junk-weight-share.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "junk-domain-weights.png").stat().st_size > 0
+    text_lines = text.splitlines()
+    links = [line for line in text_lines if line.startswith("![")]
+    assert [line[line.index("](") + 2:-1] for line in links] == \
+        ["plots/junk-difference.png", "plots/junk-target-loss.png", "plots/junk-domain-weights.png"]
+    assert text_lines.index(links[0]) > text_lines.index(table[-1])  # under the table, above the loss plot
+    assert (tmp_path / "plots" / "junk-difference.png").stat().st_size > 0
+    assert not (tmp_path / "plots" / "junk-weight-share.png").exists()
+
+
+def _weighted_records(final: float, weights: list[dict[str, float]]) -> list[dict]:
+    """A run logged every 5 iterations with per-domain mean weights, evaluated at 10 and 20."""
+    records = []
+    for index, domain_weights in enumerate(weights):
+        iteration = 5 * (index + 1)
+        records.append(_train(iteration, 100, **{WEIGHT + domain: w for domain, w in domain_weights.items()}))
+        if iteration % 10 == 0:
+            records.append(_eval(iteration, final + (1.0 if iteration < 20 else 0.0)))
+    return records
+
+
+def test_domain_weight_series_is_smoothed_then_averaged_over_seeds(tmp_path):
+    seeds = {seed: report.RunData({"tokens per iteration": 2048, "domains": ["A", "Junk"]},
+                                  _weighted_records(5.0, [{"A": 1.0 + seed, "Junk": 0.5}, {"A": 3.0 + seed},
+                                                          {"A": 1.0, "Junk": 0.1}, {"A": 1.0, "Junk": 0.1}]))
+             for seed in (0, 1)}
+    tokens, weights = report.domain_weight_series(seeds, "A", window=2)
+    assert tokens == [10_240, 20_480, 30_720, 40_960]
+    # seed 0: 1, 2, 2, 1; seed 1: 2, 3, 2.5, 1
+    assert weights == pytest.approx([1.5, 2.5, 2.25, 1.0])
+    # Junk is missing at the second logged iteration: the window holds the first only
+    assert report.domain_weight_series(seeds, "Junk", window=2)[1] == pytest.approx([0.5, 0.5, 0.1, 0.1])
+    rows = {"uniform": seeds, "dwm": seeds, "loss-linupper": {}}
+    assert list(report.weight_panels(rows)) == ["dwm"]
+    assert list(report.weight_panels({"uniform": seeds})) == ["uniform"]  # the only one is kept
+    assert report.plot_domain_weights("junk", rows, tmp_path / "weights.png").stat().st_size > 0
+    assert report.plot_domain_weights("junk", {}, tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_difference_and_loss_plots_with_many_methods(tmp_path):
+    names = ["uniform", DOMAIN_ORACLE, "data-oracle", "loss-linupper", "loss-quadratic", "loss-extremes", "dwm",
+             "dwm-transfer", "dwm-lr1e-2", "dwm-other"]
+    styles = report.method_styles(names)
+    assert len({(s["color"], s["linestyle"], s["marker"]) for s in styles.values()}) == len(names)
+    assert len({s["color"] for s in styles.values()}) == len(names)
+    assert styles["loss-linupper"]["linestyle"] == "--" and styles["dwm"]["linestyle"] == "-"
+    def run(final: float) -> report.RunData:
+        return report.RunData({"tokens per iteration": 2048, "final target loss": final, "domains": ["A", "Junk"]},
+                              _records(final, 100, 0.3))
+
+    uniform = {seed: run(5.0 + 0.1 * seed) for seed in range(3)}
+    rows = {"uniform": uniform, **{name: {seed: run(4.9 + 0.1 * seed + 0.01 * i) for seed in range(3)}
+                                   for i, name in enumerate(names[1:])}}
+    comparisons = {name: report.compare(seeds, uniform) for name, seeds in rows.items()}
+    assert comparisons["dwm"]["paired difference at tokens"][-1]["mean"] == pytest.approx(-0.05)  # 4.9 + 0.05 - 5.0
+    assert report.plot_difference("junk", comparisons, tmp_path / "difference.png").stat().st_size > 0
+    assert report.plot_target_loss("junk", rows, tmp_path / "loss.png").stat().st_size > 0
+    # uniform alone: nothing to pair, the plot still exists (results.md links it)
+    alone = report.plot_difference("junk", {"uniform": comparisons["uniform"]}, tmp_path / "alone.png")
+    assert alone.stat().st_size > 0
