@@ -188,7 +188,7 @@ def scenario_table(report: dict[str, Any]) -> str:
     domains = [d for d in (report["harmful domain"], report["target domain"]) if d]
     header = ["method", "final target loss", "Δ vs uniform [95% CI]", "Δ at equal wall-clock [95% CI]",
               "uniform tokens to reach", *(f"weight share on {d} (mean / end)" for d in domains),
-              "step time × uniform", "seeds"]
+              "mean ESS", "step time × uniform", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, c in report["methods"].items():
         baseline = name == BASELINE
@@ -201,6 +201,7 @@ def scenario_table(report: dict[str, Any]) -> str:
                  "–" if baseline else format_estimate(c["paired difference"]),
                  "–" if baseline else format_estimate(c["equal wall-clock difference"]),
                  "–" if baseline else _reach(c), *(_share(c, d) for d in domains),
+                 "–" if c.get("mean ess") is None else f"{c['mean ess']:.1f}",
                  "–" if baseline or not step else f"{step['mean']:.2f}", str(len(c["seeds"]))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -232,7 +233,9 @@ def markdown(report: dict[str, Any]) -> str:
              "wall-clock: the method's target loss after the training time uniform took (its final loss if it "
              "took less), times being the logged time per iteration of runs trained two at a time. Uniform tokens to reach: the tokens uniform needed for the method's final loss, as a "
              "ratio to the method's tokens (median over seeds). Weight share: the domain's share of the total "
-             "sample weight, mean over the run / at the end (uniform's is the domain's share of the data). The "
+             "sample weight, mean over the run / at the end (uniform's is the domain's share of the data). Mean "
+             "ESS: the effective sample size (sum w)^2 / sum w^2 of each global batch, mean over the run "
+             "(uniform's is the batch size). The "
              "domain oracle is the grid vector with the lowest mean final target loss on the grid seeds, which "
              "its comparison includes. Plots per scenario: the paired difference with uniform at each "
              "evaluation and the target loss (both mean over seeds with a 95% t band), and the mean weight of "

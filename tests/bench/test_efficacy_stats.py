@@ -294,11 +294,13 @@ def test_report_from_synthetic_runs(tmp_path):
     table = [line for line in text.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header == ["method", "final target loss", "Δ vs uniform [95% CI]", "Δ at equal wall-clock [95% CI]",
-                      "uniform tokens to reach", "weight share on Junk (mean / end)", "step time × uniform", "seeds"]
+                      "uniform tokens to reach", "weight share on Junk (mean / end)", "mean ESS", "step time × uniform",
+                      "seeds"]
     rows = {line.split("|")[1].strip().split(" (")[0]: [cell.strip() for cell in line.strip("|").split("|")]
             for line in table[2:5]}
     assert rows["dwm"][2] == f"-0.200 [{-0.2 - half:+.3f}, {-0.2 + half:+.3f}]"
-    assert rows["dwm"][5:] == ["0.100 / 0.100", "2.00", "3"]
+    ess = "–" if dwm["mean ess"] is None else f"{dwm['mean ess']:.1f}"
+    assert rows["dwm"][5:] == ["0.100 / 0.100", ess, "2.00", "3"]
     assert rows["uniform"][2] == "–" and rows[DOMAIN_ORACLE][-1] == "2"
     assert rows[DOMAIN_ORACLE][0] == "domain-oracle (Junk 0)"
     assert "| Junk 0.5 | 4.8000 |  |" in text and "| Junk 0 | 4.7000 | chosen |" in text
