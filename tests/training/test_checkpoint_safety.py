@@ -100,11 +100,12 @@ def _is_one_adam_step(checkpoint: Path, beta1: float = 0.9, beta2: float = 0.999
 @pytest.fixture(scope="module")
 def reference(corpus, tmp_path_factory) -> Path:
     """The uninterrupted run: <dir>/ckpt holds iter_0000002, 4, 6, the tracker and metrics.jsonl;
-    <dir>/logs its output and random draws. --load names the empty directory: a first run."""
+    <dir>/logs its output and random draws; dwm_samples.jsonl, the weighting policy's per-sample
+    weights, beside the metrics. --load names the empty directory: a first run."""
     run = tmp_path_factory.mktemp("reference")
     _run(_flags(corpus, run / "ckpt"), run / "logs")
     assert sorted(p.name for p in (run / "ckpt").iterdir()) == [
-        "iter_0000002", "iter_0000004", "iter_0000006", TRACKER_FILE, "metrics.jsonl"]
+        "dwm_samples.jsonl", "iter_0000002", "iter_0000004", "iter_0000006", TRACKER_FILE, "metrics.jsonl"]
     return run
 
 
