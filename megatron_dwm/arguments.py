@@ -504,16 +504,11 @@ def _train_dataset_count(args: argparse.Namespace) -> int | None:
     (reported by the data checks)."""
     data_path = args.data_path
     if data_path is None and args.per_split_data_args_path is not None:
-        import json
-
-        try:
-            with open(args.per_split_data_args_path, encoding="utf-8") as file:
-                data_path = json.load(file).get("train")
-        except (OSError, ValueError, AttributeError):
-            return None
+        per_split, _ = _read_per_split(args.per_split_data_args_path)
+        data_path = per_split.get("train") if per_split else None
     if not isinstance(data_path, list) or not data_path:
         return None
-    return 1 if len(data_path) == 1 else len(data_path) // 2
+    return len(_blend_prefixes(data_path))
 
 
 def _dwm_phase_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:
@@ -564,20 +559,29 @@ def _tokenizer_problems(tokenizer_type: str, tokenizer_model: str) -> list[str]:
     return []
 
 
-def _per_split_problems(path: str) -> list[str]:
-    """--per-split-data-args-path: a readable JSON object of --data-path lists, each checked."""
+def _read_per_split(path: str) -> tuple[dict | None, str | None]:
+    """--per-split-data-args-path's JSON object, or the problem that stops it being read."""
     import json
 
     flag = f"--per-split-data-args-path {path}"
     if not os.path.isfile(path):
-        return [f"{flag}: no such file"]
+        return None, f"{flag}: no such file"
     try:
         with open(path, encoding="utf-8") as file:
             per_split = json.load(file)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return [f"{flag}: not readable as JSON ({error})"]
+        return None, f"{flag}: not readable as JSON ({error})"
     if not isinstance(per_split, dict) or set(per_split) - {"train", "valid", "test"}:
-        return [f'{flag}: expected a JSON object with keys among "train", "valid", "test"']
+        return None, f'{flag}: expected a JSON object with keys among "train", "valid", "test"'
+    return per_split, None
+
+
+def _per_split_problems(path: str) -> list[str]:
+    """--per-split-data-args-path: a readable JSON object of --data-path lists, each checked."""
+    per_split, problem = _read_per_split(path)
+    if problem:
+        return [problem]
+    flag = f"--per-split-data-args-path {path}"
     problems = []
     for split, data_path in per_split.items():
         if not isinstance(data_path, list) or not all(isinstance(item, (str, int, float)) for item in data_path):
@@ -587,10 +591,15 @@ def _per_split_problems(path: str) -> list[str]:
     return problems
 
 
+def _blend_prefixes(data_path: list) -> list:
+    """The prefixes of a --data-path list: itself if it is one prefix, else every second item."""
+    return data_path if len(data_path) == 1 else data_path[1::2]
+
+
 def _blend_problems(flag: str, data_path: list[str]) -> list[str]:
     if not data_path:
         return [f"{flag} is empty"]
-    prefixes = data_path if len(data_path) == 1 else data_path[1::2]
+    prefixes = _blend_prefixes(data_path)
     if len(data_path) > 1 and len(data_path) % 2:
         return [f"{flag}: expected weight prefix pairs, got {len(data_path)} values"]
     if len(data_path) > 1:

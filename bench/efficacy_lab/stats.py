@@ -13,6 +13,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+from megatron_dwm.analysis import comparison
+
 TARGET_LOSS = "lm loss validation"
 STEP_MS = "elapsed time per iteration (ms)"
 ESS = "dwm/ess"
@@ -130,14 +132,8 @@ def final_target_loss(records: Sequence[dict]) -> float | None:
 def tokens_to_reach(tokens: Sequence[float], losses: Sequence[float], target: float) -> float | None:
     """Tokens at which the curve first reaches `target` (linear between evaluations); None if it never
     does. A curve that is already at or below `target` at its first point gives that point's tokens
-    (an upper bound: nothing was measured before it)."""
-    for index, (count, loss) in enumerate(zip(tokens, losses)):
-        if loss <= target:
-            if index == 0:
-                return count
-            previous_count, previous_loss = tokens[index - 1], losses[index - 1]
-            return previous_count + (count - previous_count) * (previous_loss - target) / (previous_loss - loss)
-    return None
+    (an upper bound: nothing was measured before it). The demo comparison's rule, on (tokens, losses)."""
+    return comparison.tokens_to_reach(comparison.Curve(list(tokens), list(losses)), target)
 
 
 # --- wall-clock ------------------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from megatron_dwm.training.weight_stats import WeightLog
 SampleWeights = Union[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
-
 def unit_weights(microbatches) -> list[torch.Tensor]:
     """Weight 1 for every sample of every micro batch."""
     return [torch.ones(batch["tokens"].shape[0], device=batch["tokens"].device) for batch in microbatches]
@@ -59,13 +58,23 @@ def loss_based_weights(losses: torch.Tensor, strategy: str, temperature: float) 
     return losses.numel() * torch.softmax((f - f.max()) / temperature, dim=0)
 
 
+def gathered_by_iteration(local: torch.Tensor, group) -> torch.Tensor:
+    """[iterations, b] of this rank's samples -> [iterations, ranks x b]: each row one global batch
+    in global order (data-parallel rank, then the rank's own order), in one all-gather."""
+    iterations, size = local.shape
+    everyone = gather_over(local, group)  # [ranks x iterations, b], rank by rank
+    return everyone.reshape(-1, iterations, size).transpose(0, 1).reshape(iterations, -1)
+
+
 class LocalWeighting:
-    """A policy that weighs each sample on its own rank; the weights the loss used are gathered
-    over the data-parallel group on the last pipeline stage, for the statistics."""
+    """A policy that weighs each sample on its own rank. The weights the loss used are kept per
+    iteration on the last pipeline stage and gathered over the data-parallel group once per log
+    line, for the statistics (no collective in the training step itself)."""
 
     def __init__(self, samples_log: str | None) -> None:
         self.log = WeightLog(samples_log)
         self.holder = parallel_state.is_pipeline_last_stage()
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # since the last log line
 
     def weights(self, microbatches, iteration: int) -> list[SampleWeights] | None:
         raise NotImplementedError
@@ -74,17 +83,23 @@ class LocalWeighting:
         """The weights the loss used for each of this rank's micro batches (last stage only)."""
         if not self.holder or not used:
             return
-        group = parallel_state.get_data_parallel_group()
-        local = {key: torch.cat([batch[key] for batch in microbatches]).to(used[0].device)
-                 for key in ("domain_id", "document_id")}
-        self.log.add(GlobalBatchWeights(gather_over(torch.cat(used).float(), group),
-                                        gather_over(local["domain_id"], group),
-                                        gather_over(local["document_id"], group), False))
+        device = used[0].device
+        self.pending.append((torch.cat(used).float(),
+                             *(torch.cat([batch[key] for batch in microbatches]).to(device)
+                               for key in ("domain_id", "document_id"))))
 
     def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
         return None
 
     def pop_metrics(self, domains: list[str], iteration: int) -> dict[str, float]:
+        """Collective over the data-parallel group on the last stage: every rank calls it at each log line."""
+        if self.pending:
+            group = parallel_state.get_data_parallel_group()
+            weights, domain_id, document_id = (gathered_by_iteration(torch.stack(column), group)
+                                               for column in zip(*self.pending))
+            for row in range(weights.shape[0]):
+                self.log.add(GlobalBatchWeights(weights[row], domain_id[row], document_id[row], False))
+            self.pending = []
         return self.log.pop(domains, iteration, {"stage": 0})  # one stage: the whole run
 
 

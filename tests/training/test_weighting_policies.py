@@ -228,6 +228,17 @@ def test_build_local_weighting(single_process):
         build_local_weighting(args, None)
 
 
+def test_gathered_rows_are_global_batches_in_rank_order(monkeypatch):
+    """Two data-parallel ranks' [iterations, b] tensors, gathered once, give each iteration's global
+    batch as one row: rank 0's samples, then rank 1's (gather_over concatenates rank by rank)."""
+    from megatron_dwm.training import policies
+
+    local = torch.arange(6).reshape(3, 2)  # 3 iterations of 2 samples on rank 0
+    monkeypatch.setattr(policies, "gather_over", lambda tensor, group: torch.cat([tensor, tensor + 100]))
+    rows = policies.gathered_by_iteration(local, group=None)
+    assert rows.tolist() == [[0, 1, 100, 101], [2, 3, 102, 103], [4, 5, 104, 105]]
+
+
 def test_observed_weights_reach_the_statistics_and_the_samples_log(single_process, tmp_path):
     log_path = tmp_path / "logs" / "dwm_samples.jsonl"
     policy = DomainWeighting([0.0, 0.5, 2.0], str(log_path))
