@@ -45,7 +45,8 @@ DEMO_ARGS ?= --model-preset tiny --seq-length 128 --micro-batch-size 4 --global-
   --train-iters 400 --lr 3e-3 --min-lr 3e-4 --lr-warmup-iters 20 --lr-decay-style constant --seed 4321 \
   --log-interval 10 --eval-interval 20 --eval-iters 4 --save-interval 200
 DEMO_DWM_ARGS ?= --dwm-stages 4 --dwm-update-iters 50 --dwm-num-layers 1 --dwm-hidden-size 64 \
-  --dwm-seq-length 64 --dwm-lr 1e-3 --dwm-weight-clip 0.1 2 --dwm-fd-direction grad --dwm-valid-batch-size 16
+  --dwm-seq-length 64 --dwm-lr 1e-3 --dwm-weight-clip 0.1 2 --dwm-fd-direction grad --dwm-valid-batch-size 16 \
+  --dwm-update-interval 1 --dwm-hypergradient-scaling raw
 DEMO_DATA_ARGS = --data-path $$(cat demo_data/indexed/data_path.txt) \
   --dwm-valid-data-path demo_data/indexed/lambada_style_text_document \
   --tokenizer-type SentencePieceTokenizer --tokenizer-model demo_data/tokenizers/demo-spm.model

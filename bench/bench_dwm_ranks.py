@@ -38,7 +38,8 @@ CPU_ONE_RANK = CONFIGS["cpu-tiny-1rank"]
 
 def dwm_flags(iters: int, update: bool, dwm_ranks: int) -> list[str]:
     return ["--dwm-valid-data-path", os.path.join(DEMO, "indexed", "lambada_style_text_document"),
-            "--dwm-stages", "1", "--dwm-update-iters", str(iters if update else 0), "--dwm-seq-length", "128",
+            "--dwm-stages", "1", "--dwm-update-iters", str(iters if update else 0), "--dwm-update-interval", "1",
+            "--dwm-seq-length", "128",
             "--dwm-ranks", str(dwm_ranks)]
 
 

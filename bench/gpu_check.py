@@ -77,7 +77,9 @@ from megatron_dwm.training.metrics import PEAK_MEMORY_METRIC  # noqa: E402
 PARTS = ("environment", "kernel tests", "loss kernel", "training")
 MS = "elapsed time per iteration (ms)"
 TRAIN_MODES = {"off": "DWM off (--dwm-disable)", "frozen": "LLM phase (DWM frozen)",
-               "learning": "DWM phase (DWM learning)"}
+               "learning": "DWM phase (DWM learning)", "default": "DWM, default schedule",
+               "loss": "loss-based weighting (--weighting loss)"}
+MEAN_MS = "mean ms/iteration"  # with updates every few steps, the median would hide them
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,9 @@ SIZES = {
         test_selection=("tests/ops/test_loss_curve.py", "tests/ops/test_weighted_cross_entropy.py"),
         kernel_args=(("--dtype", "bf16", "--micro-batch", "1", "4", "--runs", "20", "--no-compile"),),
         train_flags=LLAMA_370M, train_vocab=32000, train_tokens_per_domain=2_000_000, train_valid_examples=32,
-        train_iters=8, train_warmup=3, train_runs=(("off", "fused"), ("learning", "fused")),
+        train_iters=12, train_warmup=4,
+        train_runs=(("off", "fused"), ("frozen", "fused"), ("learning", "fused"), ("default", "fused"),
+                    ("loss", "fused")),
         learning_flags=GPU_LEARNING),
     "cpu-smoke": Sizes(
         test_selection=("tests/ops/test_loss_curve.py",
@@ -262,7 +266,10 @@ def training(check: Check) -> dict:
     modes = {
         TRAIN_MODES["off"]: None,
         TRAIN_MODES["frozen"]: [*dwm_flags, "--dwm-update-iters", "0"],
-        TRAIN_MODES["learning"]: [*dwm_flags, "--dwm-update-iters", str(sizes.train_iters), *sizes.learning_flags],
+        TRAIN_MODES["learning"]: [*dwm_flags, "--dwm-update-iters", str(sizes.train_iters),
+                                  "--dwm-update-interval", "1", *sizes.learning_flags],
+        TRAIN_MODES["default"]: [*sizes.learning_flags],
+        TRAIN_MODES["loss"]: ["--weighting", "loss"],
     }
     runs = [(kernel, TRAIN_MODES[mode], modes[TRAIN_MODES[mode]]) for mode, kernel in sizes.train_runs]
     with tempfile.TemporaryDirectory() as directory:
@@ -282,6 +289,8 @@ def training(check: Check) -> dict:
                                        data_flags=[*corpus.flags(), "--loss-kernel", kernel],
                                        log=str(log), timeout=180, env=check.env())
                 row.update(summarize(records, sizes.train_warmup))
+                measured = [record[MS] for record in records if record["iteration"] > sizes.train_warmup]
+                row[MEAN_MS] = sum(measured) / len(measured)
                 row["lm loss (last)"] = records[-1]["lm loss"]
             except subprocess.CalledProcessError as error:
                 row["error"] = f"exit status {error.returncode}: {_last_error_line(log)} (see log.txt)"
@@ -360,6 +369,8 @@ def _add_overheads(rows: list[dict]) -> None:
         torch_row = by_key.get((row["mode"], "torch"))
         if MS in row and baseline:
             row["vs DWM off"] = row[MS] / baseline[MS]
+        if MEAN_MS in row and baseline and MEAN_MS in baseline:
+            row["mean vs DWM off"] = row[MEAN_MS] / baseline[MEAN_MS]
         if MS in row and torch_row and row["loss kernel"] == "fused":
             row["fused speed-up vs torch"] = torch_row[MS] / row[MS]
 
@@ -426,9 +437,9 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Training", "",
                   f"`{train['configuration']}`, {train['iterations']} iterations, medians after the first "
                   f"{train['warm-up iterations (left out)']}; random tokens, so the loss means nothing.", ""]
-        columns = ["mode", "loss kernel", "tokens per second", MS, "throughput per GPU (TFLOP/s/GPU)", "MFU",
-                   PEAK_MEMORY_METRIC, "vs DWM off", "fused speed-up vs torch", "error"]
-        lines += _table(train["rows"], columns, {MS: "ms/iteration", "throughput per GPU (TFLOP/s/GPU)": "TFLOP/s",
+        columns = ["mode", "loss kernel", "tokens per second", MS, MEAN_MS, "throughput per GPU (TFLOP/s/GPU)", "MFU",
+                   PEAK_MEMORY_METRIC, "vs DWM off", "mean vs DWM off", "fused speed-up vs torch", "error"]
+        lines += _table(train["rows"], columns, {MS: "median ms/iteration", "throughput per GPU (TFLOP/s/GPU)": "TFLOP/s",
                                                  PEAK_MEMORY_METRIC: "peak memory (GiB)"})
     for name, part in parts.items():
         if part.get("error"):

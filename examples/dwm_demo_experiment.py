@@ -37,7 +37,8 @@ SEQ_LENGTH, GLOBAL_BATCH = 128, 16
 # finite-difference direction, weights clipped to [0.1, 2], a validation batch of one global batch.
 DWM_FLAGS = ["--dwm-stages", "4", "--dwm-update-iters", "50", "--dwm-num-layers", "1", "--dwm-hidden-size", "64",
              "--dwm-seq-length", "64", "--dwm-lr", "1e-3", "--dwm-weight-clip", "0.1", "2",
-             "--dwm-fd-direction", "grad", "--dwm-valid-batch-size", str(GLOBAL_BATCH)]
+             "--dwm-fd-direction", "grad", "--dwm-valid-batch-size", str(GLOBAL_BATCH),
+             "--dwm-update-interval", "1", "--dwm-hypergradient-scaling", "raw"]
 
 
 def common_flags(eval_interval: int, seed: int, lr_decay_style: str = "constant") -> list[str]:

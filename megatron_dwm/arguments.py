@@ -35,14 +35,17 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Range:
     """The valid values of a numeric flag: finite numbers from `low` to `high` (None: no bound),
-    each end included unless marked open."""
+    each end included unless marked open; also +inf where `infinity_ok` (meaning "no bound")."""
 
     low: float
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
+    infinity_ok: bool = False
 
     def __contains__(self, value: float) -> bool:
+        if self.infinity_ok and value == math.inf:
+            return True
         if not math.isfinite(value):
             return False
         above = value > self.low if self.low_open else value >= self.low
@@ -52,7 +55,7 @@ class Range:
     def __str__(self) -> str:
         low, high = _number(self.low), _number(self.high)
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {low}"
+            return f"{'>' if self.low_open else '>='} {low}" + (" (or inf)" if self.infinity_ok else "")
         return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
 
 
@@ -99,7 +102,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "dwm_num_attention_heads": AT_LEAST_1,
     "dwm_seq_length": AT_LEAST_1,
     "dwm_temperature": POSITIVE,
-    "dwm_weight_clip": AT_LEAST_0,  # MIN < 1 < MAX is checked with the DWM's other flags
+    "dwm_weight_clip": Range(0, infinity_ok=True),  # MAX inf: no upper bound; MIN < 1 < MAX is checked
+    # with the DWM's other flags
     "dwm_lr": AT_LEAST_0,  # 0: the DWM does not move
     "dwm_valid_batch_size": AT_LEAST_1,
     "dwm_fd_radius": POSITIVE,
@@ -233,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     dwm.add_argument("--dwm-seq-length", type=int, default=128,
                      help="the DWM reads this prefix of each sample (at most --seq-length)")
     dwm.add_argument("--dwm-temperature", type=float, default=1.0, help="tau in w = n softmax(s / tau)")
-    dwm.add_argument("--dwm-weight-clip", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
-                     help="clip weights to [MIN, MAX] (then renormalise to mean 1)")
+    dwm.add_argument("--dwm-weight-clip", type=float, nargs=2, metavar=("MIN", "MAX"), default=[0.0, 2.0],
+                     help="clip weights to [MIN, MAX], renormalised to mean 1 (default 0 2: no sample counts more "
+                          "than twice, so at least half the batch keeps its weight; 0 inf: no clip)")
     dwm.add_argument("--dwm-lr", type=float, default=1e-3, help="learning rate of the DWM's Adam")
     dwm.add_argument("--dwm-init", default=None,
                      help="initialise the DWM's encoder from a checkpoint of a small LM (this project's format); "
@@ -244,12 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="samples of the validation set per DWM update (a multiple of micro batch x DP; "
                           "default: a quarter of the global batch, rounded down to such a multiple)")
     dwm.add_argument("--dwm-fd-radius", type=float, default=0.01, help="r: the finite-difference step is r / ||d||")
-    dwm.add_argument("--dwm-fd-direction", default="adam", choices=["adam", "grad"],
+    dwm.add_argument("--dwm-fd-direction", default="grad", choices=["adam", "grad"],
                      help="d = P v with Adam's preconditioner P (adam) or P = 1 (grad)")
+    dwm.add_argument("--dwm-hypergradient-scaling", default="standardized", choices=["raw", "standardized"],
+                     help="what the DWM learns from: the hypergradient as computed (raw), or shifted and "
+                          "scaled to mean 0 and standard deviation 1 over the batch (standardized)")
     dwm.add_argument("--dwm-stages", type=int, default=1, help="training stages; each opens with a DWM phase")
     dwm.add_argument("--dwm-update-iters", type=int, default=None,
-                     help="length of each stage's DWM phase in iterations (default: a quarter of a stage)")
-    dwm.add_argument("--dwm-update-interval", type=int, default=1, help="update the DWM every M-th iteration of a DWM phase")
+                     help="length of each stage's DWM phase in iterations (default: the whole stage: the DWM "
+                          "learns all along)")
+    dwm.add_argument("--dwm-update-interval", type=int, default=4,
+                     help="update the DWM every M-th iteration of a DWM phase (default 4: a quarter of the steps "
+                          "pay for the outer step)")
     dwm.add_argument("--dwm-load", default=None, help="load the DWM (only) from this run's checkpoint directory")
     dwm.add_argument("--dwm-freeze", action="store_true", help="never update the DWM (e.g. a transferred one)")
     dwm.add_argument("--dwm-exchange-timeout", type=float, default=300.0,
@@ -512,11 +523,11 @@ def _train_dataset_count(args: argparse.Namespace) -> int | None:
 
 
 def _dwm_phase_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:
-    """Stages and DWM phases against --train-iters; fills in --dwm-update-iters (a quarter of a stage)."""
+    """Stages and DWM phases against --train-iters; fills in --dwm-update-iters (the whole stage)."""
     stages_valid = valid("dwm_stages", "train_iters")
     stage_length = args.train_iters // args.dwm_stages if stages_valid else 0
     if args.dwm_update_iters is None:
-        args.dwm_update_iters = max(stage_length // 4, 1)
+        args.dwm_update_iters = max(stage_length, 1)
     if stages_valid and args.dwm_stages > args.train_iters:
         return [f"--dwm-stages {args.dwm_stages} exceeds --train-iters {args.train_iters}"]
     if stage_length and valid("dwm_update_iters") and args.dwm_update_iters > stage_length:

@@ -192,7 +192,8 @@ def _valid_zero_argv(flag: str, valid_flags: list[str]) -> list[str]:
 
 def _invalid_values(action) -> list[str]:
     values = ([] if action.option_strings[0] in ZERO_IS_VALID else ["0"]) + ["-1"]
-    return values + (["nan", "inf"] if action.type is float else [])
+    infinity_ok = NUMERIC_RANGES[action.dest].infinity_ok if action.dest in NUMERIC_RANGES else False
+    return values + (["nan", *([] if infinity_ok else ["inf"])] if action.type is float else [])
 
 
 INVALID_CASES = [(action.option_strings[0], value, action.nargs if isinstance(action.nargs, int) else 1)
@@ -211,7 +212,8 @@ def valid_flags(corpus, tmp_path_factory) -> list[str]:
 
 def test_valid_flags_are_valid(valid_flags):
     args = parse_args(valid_flags, world_size=1)
-    assert args.dwm_update_iters == 2 and args.dwm_valid_batch_size == 1  # the DWM's checks ran
+    # the DWM's checks ran: its phase filled in as the whole (single) stage of --train-iters 10
+    assert args.dwm_update_iters == 10 and args.dwm_valid_batch_size == 1
 
 
 def test_every_numeric_flag_has_a_declared_range():
@@ -249,6 +251,8 @@ def test_zero_is_accepted_where_it_means_something(flag, valid_flags):
     (["--lr", "-1"], "--lr -1.0 must be > 0"),
     (["--dwm-temperature", "0"], "--dwm-temperature 0.0 must be > 0"),
     (["--dwm-fd-radius", "nan"], "--dwm-fd-radius nan must be a finite number > 0"),
+    (["--dwm-weight-clip", "0", "nan"], "--dwm-weight-clip 0.0 nan must be a finite number >= 0 (or inf)"),
+    (["--dwm-weight-clip", "inf", "inf"], "--dwm-weight-clip inf inf: need MIN < 1 < MAX (weights have mean 1)"),
     (["--adam-beta2", "1"], "--adam-beta2 1.0 must be in [0, 1)"),
     (["--seed", "-1"], "--seed -1 must be in [0, 2147483647]"),
 ])
@@ -363,3 +367,15 @@ def test_load_must_be_a_directory(data_flags, tmp_path):
     with pytest.raises(ConfigError) as error:
         parse_args([*data_flags, "--load", str(file)], world_size=1)
     assert _problems(str(error.value)) == [f"--load {file}: not a directory"]
+
+
+@pytest.mark.parametrize("clip, bounds", [(None, (0.0, 2.0)), (["0", "inf"], None), (["0.5", "inf"], (0.5, 16.0)),
+                                          (["0.1", "1.5"], (0.1, 1.5))])
+def test_weight_clip_flag_becomes_the_dwm_bounds(valid_flags, clip, bounds):
+    """--dwm-weight-clip: the default 0 2; "0 inf" means no clip; an infinite MAX is the global batch
+    size (no weight of mean-1 weights exceeds it, and the DWM's clip needs finite bounds)."""
+    from megatron_dwm.training.weighting import weight_clip_bounds
+
+    flags = [*valid_flags, "--micro-batch-size", "2", "--global-batch-size", "16"]
+    args = parse_args([*flags, *(["--dwm-weight-clip", *clip] if clip else [])], world_size=1)
+    assert weight_clip_bounds(args) == bounds

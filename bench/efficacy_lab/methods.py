@@ -94,6 +94,67 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("dwm-transfer", dwm_transfer_flags, applies=lambda lab, scenario: lab == TRANSFER,
            requires=("target", "dwm")),
 ]}
+# The DWM's defaults before docs/dwm.md's ablations, spelled out: a DWM phase of the first quarter of the
+# (single) stage, an update every iteration of it, Adam's preconditioner, the raw hypergradient, no clip.
+OLD_DEFAULTS = ("--dwm-update-iters", "30", "--dwm-update-interval", "1", "--dwm-fd-direction", "adam",
+                "--dwm-hypergradient-scaling", "raw", "--dwm-weight-clip", "0", "inf")
+ALL_ALONG = ("--dwm-update-iters", "120")  # the whole run of full mode (FULL_TRAIN_ITERS)
+CLIP2, STD, GRAD = ("--dwm-weight-clip", "0", "2"), ("--dwm-hypergradient-scaling", "standardized"), \
+    ("--dwm-fd-direction", "grad")
+
+
+def every(interval: int) -> tuple[str, ...]:
+    return "--dwm-update-interval", str(interval)
+
+
+# docs/dwm.md's ablations: from the old defaults towards the new ones (later flags override earlier ones),
+# then the new defaults with one lever taken back.
+ABLATIONS = [
+    Method("dwm-old-defaults", dwm_flags(*OLD_DEFAULTS)),
+    Method("dwm-old-defaults-transfer", dwm_transfer_flags, applies=lambda lab, scenario: lab == TRANSFER,
+           requires=("target", "dwm-old-defaults")),
+    Method("dwm-all", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG)),
+    Method("dwm-all-clip2", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2)),
+    Method("dwm-all-clip1.5", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, "--dwm-weight-clip", "0", "1.5")),
+    Method("dwm-all-clip2-grad", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *GRAD)),
+    Method("dwm-all-clip2-int4", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4))),
+    Method("dwm-all-clip2-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, "--dwm-lr", "3e-3")),
+    Method("dwm-i4-std", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD)),
+    Method("dwm-i4-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), "--dwm-lr", "3e-3")),
+    Method("dwm-i4-std-grad", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD, *GRAD)),
+    Method("dwm-i4-std-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD, "--dwm-lr", "3e-3")),
+    Method("dwm-i8-std", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(8), *STD)),
+    # the defaults, less one lever
+    Method("dwm-raw", dwm_flags("--dwm-hypergradient-scaling", "raw")),
+    Method("dwm-noclip", dwm_flags("--dwm-weight-clip", "0", "inf")),
+    Method("dwm-every-step", dwm_flags(*every(1))),
+    Method("dwm-quarter-phase", dwm_flags("--dwm-update-iters", "30")),
+]
+METHODS.update({method.name: method for method in ABLATIONS})
+# What each DWM variant changes, for the ablation table of the report (and docs/dwm.md).
+ABLATION_SETTINGS = {
+    "dwm-old-defaults": "former defaults: DWM phase = first quarter, update every step, adam, raw, no clip",
+    "dwm-all": "former + learning all along",
+    "dwm-all-clip2": "former + all along, clip 0 2",
+    "dwm-all-clip1.5": "former + all along, clip 0 1.5",
+    "dwm-all-clip2-grad": "former + all along, clip 0 2, grad",
+    "dwm-all-clip2-int4": "former + all along, clip 0 2, every 4th step",
+    "dwm-all-clip2-lr3e-3": "former + all along, clip 0 2, --dwm-lr 3e-3",
+    "dwm-i4-std": "former + all along, clip 0 2, every 4th step, standardized (= defaults with adam)",
+    "dwm-i4-lr3e-3": "former + all along, clip 0 2, every 4th step, --dwm-lr 3e-3",
+    "dwm-i4-std-grad": "former + all along, clip 0 2, every 4th step, standardized, grad (= defaults)",
+    "dwm-i4-std-lr3e-3": "former + all along, clip 0 2, every 4th step, standardized, --dwm-lr 3e-3",
+    "dwm-i8-std": "former + all along, clip 0 2, every 8th step, standardized",
+    "dwm": "defaults: all along, every 4th step, grad, standardized, clip 0 2",
+    "dwm-raw": "defaults, raw hypergradient",
+    "dwm-noclip": "defaults, no clip (0 inf)",
+    "dwm-every-step": "defaults, update every step",
+    "dwm-quarter-phase": "defaults, DWM phase = first quarter (then frozen)",
+}
+# The report's main tables and plots show the default methods and the old defaults; the other
+# ablations get a table of their own.
+ABLATION_ONLY = {method.name for method in ABLATIONS} - {"dwm-old-defaults", "dwm-old-defaults-transfer"}
+
 # The methods a lab runs unless told otherwise, in the order of the report's tables.
 DEFAULT_METHODS = ["uniform", DOMAIN_ORACLE, "data-oracle", "loss-linupper", "loss-quadratic", "loss-extremes",
                    "dwm", "dwm-transfer"]

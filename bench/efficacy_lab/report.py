@@ -18,7 +18,7 @@ from megatron_dwm.analysis.run_summary import format_duration
 from megatron_dwm.training.metrics import read_metrics
 
 from . import stats
-from .methods import DEFAULT_METHODS, DOMAIN_ORACLE, GRID_PREFIX, grid_method_name
+from .methods import ABLATION_ONLY, ABLATION_SETTINGS, DEFAULT_METHODS, DOMAIN_ORACLE, GRID_PREFIX, grid_method_name
 from .runner import RESULT, SELECTION, run_dir
 
 BASELINE = "uniform"
@@ -131,6 +131,9 @@ def compare(runs: Seeds, uniform: Seeds) -> dict[str, Any]:
             shares[domain] = {"mean": statistics.fmean(mean for mean, _ in logged),
                               "end": statistics.fmean(end for _, end in logged)}
     ess = [value for run in runs.values() if (value := stats.mean_ess(run.records)) is not None]
+    harmful = runs[min(runs)].result.get("harmful domain") if runs else None
+    late = [value for run in runs.values()
+            if harmful and (value := stats.late_mean_weight(run.records, harmful)) is not None]
     return {
         "seeds": sorted(runs), "paired seeds": paired, "per seed": per_seed,
         "final target loss": _estimate(list(finals.values())),
@@ -144,6 +147,7 @@ def compare(runs: Seeds, uniform: Seeds) -> dict[str, Any]:
         "step-time ratio": _estimate(values("step-time ratio")),
         "weight share": shares,
         "mean ess": statistics.fmean(ess) if ess else None,
+        "harmful weight, last quarter": {"mean": statistics.fmean(late), "highest": max(late)} if late else None,
     }
 
 
@@ -183,14 +187,24 @@ def _share(comparison: dict, domain: str) -> str:
     return "–" if share is None else f"{share['mean']:.3f} / {share['end']:.3f}"
 
 
-def scenario_table(report: dict[str, Any]) -> str:
-    """One markdown table: a row per method."""
+def _late_weight(comparison: dict) -> str:
+    late = comparison.get("harmful weight, last quarter")
+    return "–" if late is None else f"{late['mean']:.2f} / {late['highest']:.2f}"
+
+
+def scenario_table(report: dict[str, Any], ablations: bool = False) -> str:
+    """One markdown table: a row per method, either the main methods or (`ablations`) the DWM's
+    ablations (methods.ABLATION_ONLY)."""
     domains = [d for d in (report["harmful domain"], report["target domain"]) if d]
     header = ["method", "final target loss", "Δ vs uniform [95% CI]", "Δ at equal wall-clock [95% CI]",
               "uniform tokens to reach", *(f"weight share on {d} (mean / end)" for d in domains),
+              *([f"{report['harmful domain']} mean weight, last quarter (mean / highest seed)"]
+                if report["harmful domain"] else []),
               "mean ESS", "step time × uniform", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, c in report["methods"].items():
+        if (name in ABLATION_ONLY) != ablations:
+            continue
         baseline = name == BASELINE
         final = c["final target loss"]
         step = c["step-time ratio"]
@@ -201,8 +215,34 @@ def scenario_table(report: dict[str, Any]) -> str:
                  "–" if baseline else format_estimate(c["paired difference"]),
                  "–" if baseline else format_estimate(c["equal wall-clock difference"]),
                  "–" if baseline else _reach(c), *(_share(c, d) for d in domains),
+                 *([_late_weight(c)] if report["harmful domain"] else []),
                  "–" if c.get("mean ess") is None else f"{c['mean ess']:.1f}",
                  "–" if baseline or not step else f"{step['mean']:.2f}", str(len(c["seeds"]))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def ablation_table(report: dict[str, Any], scenarios: tuple[str, ...] = ("junk", "target")) -> str:
+    """The DWM's variants side by side over `scenarios`: what each changes, its paired difference to
+    uniform (seeds), the harmful domain's late mean weight, its mean ESS and step-time ratio."""
+    present = [s for s in scenarios if s in report["scenarios"]]
+    header = ["variant", "what differs", *(f"{s}: Δ vs uniform [95% CI] (seeds)" for s in present),
+              *(f"{s}: Δ at equal wall-clock" for s in present), "junk weight, last quarter (mean / highest)",
+              "mean ESS", "step time × uniform"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, setting in ABLATION_SETTINGS.items():
+        found = [report["scenarios"][s]["methods"].get(name) for s in present]
+        if not any(found):
+            continue
+        cells = [name, setting]
+        cells += [f"{format_estimate(c['paired difference'])} ({len(c['paired seeds'])})" if c else "–" for c in found]
+        cells += [format_estimate(c["equal wall-clock difference"]) if c else "–" for c in found]
+        junk = report["scenarios"].get("junk", {}).get("methods", {}).get(name)
+        cells.append(_late_weight(junk) if junk else "–")
+        ess = [c["mean ess"] for c in found if c and c.get("mean ess") is not None]
+        steps = [c["step-time ratio"]["mean"] for c in found if c and c.get("step-time ratio")]
+        cells.append(" / ".join(f"{value:.1f}" for value in ess) or "–")
+        cells.append(" / ".join(f"{value:.2f}" for value in steps) or "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -252,9 +292,15 @@ def markdown(report: dict[str, Any]) -> str:
         if entry["domain-oracle selection"]:
             parts += [f"Domain-weight grid ({len(entry['domain-oracle selection']['seeds'])} seeds):", "",
                       grid_table(entry["domain-oracle selection"], entry["domains"]), ""]
+        if any(name in ABLATION_ONLY for name in entry["methods"]):
+            parts += ["The DWM's ablations (docs/dwm.md):", "", scenario_table(entry, ablations=True), ""]
         parts += [f"![{scenario}: paired difference with uniform](plots/{scenario}-difference.png)", "",
                   f"![{scenario}: target loss](plots/{scenario}-target-loss.png)", "",
                   f"![{scenario}: mean weight per domain](plots/{scenario}-domain-weights.png)", ""]
+    if any(name in ABLATION_SETTINGS and name != "dwm" for entry in report["scenarios"].values()
+           for name in entry["methods"]):
+        parts += ["## The DWM's ablations", "", "Each variant against uniform on the paired seeds it was run on "
+                  "(ESS and step time: per scenario, in the order of the columns).", "", ablation_table(report), ""]
     missing = report["failed or missing runs"]
     parts.append(f"Failed or missing runs: {', '.join(missing) if missing else 'none'}.")
     return "\n".join(parts) + "\n"
@@ -455,9 +501,11 @@ def write_report(out: Path, lab: dict[str, Any], planned: list[str]) -> Path:
     runs = load_runs(out)
     report = build_report(out, runs, lab, planned)
     for scenario in report["scenarios"]:
-        rows = method_rows(runs.get(scenario, {}), load_selection(out, scenario))
+        rows = {name: seeds for name, seeds in method_rows(runs.get(scenario, {}), load_selection(out, scenario)).items()
+                if name not in ABLATION_ONLY}
         plot_target_loss(scenario, rows, out / "plots" / f"{scenario}-target-loss.png")
-        comparisons = report["scenarios"][scenario]["methods"]
+        comparisons = {name: comparison for name, comparison in report["scenarios"][scenario]["methods"].items()
+                       if name not in ABLATION_ONLY}
         plot_difference(scenario, comparisons, out / "plots" / f"{scenario}-difference.png")
         plot_domain_weights(scenario, rows, out / "plots" / f"{scenario}-domain-weights.png")
     write_text_atomically(out / "results.json", json.dumps(report, indent=1) + "\n")

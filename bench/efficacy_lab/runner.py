@@ -217,6 +217,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def lost_port_race(log: Path) -> bool:
+    """Whether a run failed only because another process took its port between free_port() and its bind."""
+    return log.is_file() and "EADDRINUSE" in log.read_text(errors="replace")
+
+
 @dataclass
 class Started:
     run: Run
@@ -326,6 +331,10 @@ class Lab:
             while pending or running:
                 for job in [job for job in running if job.process.poll() is not None]:
                     running.remove(job)
+                    if job.process.returncode != 0 and lost_port_race(self.directory(job.run) / "log.txt"):
+                        job.log.close()  # its free port was taken before it bound it: start it again
+                        running.append(self.start(job.run))
+                        continue
                     done, trained = done + 1, trained + 1
                     self.say(self.progress(self.finish(job), done, total, start, trained))
                 while len(running) < self.jobs:

@@ -100,6 +100,18 @@ def finite_difference_hypergradient(model: BilevelModel, learning_rate: float, b
     return FiniteDifference(g.float() if finite else None, epsilon, norm, finite, resolution)
 
 
+def standardized(hypergradient: torch.Tensor) -> torch.Tensor:
+    """`g` shifted to mean 0 and scaled to unit standard deviation over the batch (zeros if constant).
+
+    The shift changes nothing (weights are a softmax, so adding one value to every g_i leaves the
+    DWM's gradient unchanged); the scale makes every outer step count the same, whatever the step's
+    learning rate, the validation batch or the finite difference's size happen to be.
+    """
+    centred = hypergradient - hypergradient.mean()
+    spread = centred.pow(2).mean().sqrt()
+    return centred / spread if spread > 0 else torch.zeros_like(centred)
+
+
 def _ulp(values: torch.Tensor) -> float:
     """The largest unit in the last place of `values` (in their own dtype)."""
     largest = values.detach().abs().max()

@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from megatron_dwm.dwm.colocated import ColocatedDWM, DWMCopy, WeightingPlacement
-from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient
+from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient, standardized
 from megatron_dwm.dwm.model import (DataWeightingModel, DWMConfig, dwm_config_from_checkpoint,
                                     load_encoder_from_checkpoint)
 from megatron_dwm.dwm.schedule import StageSchedule
@@ -28,10 +28,21 @@ from megatron_dwm.training.weight_stats import WeightLog
 DWM_COMPONENT = "dwm"  # the DWM's entry in a checkpoint: components/dwm
 
 
+def weight_clip_bounds(args: argparse.Namespace) -> tuple[float, float] | None:
+    """--dwm-weight-clip as DWMConfig's bounds: None for "0 inf" (no clip); an infinite MAX becomes the
+    global batch size, which no weight of mean-1 weights can exceed."""
+    if args.dwm_weight_clip is None:
+        return None
+    lo, hi = args.dwm_weight_clip
+    if lo == 0 and hi == math.inf:
+        return None
+    return lo, min(hi, float(args.global_batch_size))
+
+
 def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, group, cls=ColocatedDWM) -> DWMCopy:
     """A copy of the DWM among the holders' `group`, initialised identically on every rank (from --seed)."""
     weighting = dict(vocab_size=vocab_size, seq_length=args.dwm_seq_length, temperature=args.dwm_temperature,
-                     weight_clip=tuple(args.dwm_weight_clip) if args.dwm_weight_clip else None)
+                     weight_clip=weight_clip_bounds(args))
     if args.dwm_init:  # the encoder takes the LM checkpoint's shape
         config = dwm_config_from_checkpoint(args.dwm_init, **weighting)
     else:
@@ -99,7 +110,10 @@ class DWMWeighting:
         if result.finite and result.hypergradient is not None:
             self._last_hypergradient = result.hypergradient.detach().double()
             self._last_resolution = result.resolution
-            self.dwm.apply_hypergradient(result.hypergradient)
+            scaled = result.hypergradient
+            if self.args.dwm_hypergradient_scaling == "standardized":
+                scaled = standardized(scaled)
+            self.dwm.apply_hypergradient(scaled)
         else:
             self.fd_skipped += 1
             print(f"iteration {iteration + 1}: the finite-difference pass was not finite; DWM update skipped",

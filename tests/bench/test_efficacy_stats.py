@@ -110,6 +110,13 @@ def test_weight_share_and_ess():
     assert stats.mean_ess(records) == pytest.approx(14.0)
 
 
+def test_late_mean_weight_is_the_last_quarter_of_the_logged_means():
+    records = [_train(i, 100, **{"dwm/weight/Junk": w}) for i, w in enumerate([1.0, 0.9, 0.7, 0.5, 0.4, 0.3, 0.2, 0.1])]
+    assert stats.late_mean_weight(records, "Junk") == pytest.approx(0.15)  # the last 2 of 8
+    assert stats.late_mean_weight(records[:3], "Junk") == pytest.approx(0.7)  # at least the last one
+    assert stats.late_mean_weight(records, "Book") is None
+
+
 def test_trailing_mean_skips_missing_values():
     assert stats.trailing_mean([1.0, 2.0, 3.0, 4.0], 2) == pytest.approx([1.0, 1.5, 2.5, 3.5])
     assert stats.trailing_mean([1.0, None, 3.0, None, None], 2) == [1.0, 1.0, 3.0, 3.0, None]
@@ -230,10 +237,9 @@ def _result(out: Path, scenario: str, method: str, seed: int, records: list[dict
 
 
 def _records(final: float, ms: float, junk_share: float) -> list[dict]:
-    return [_train(5, ms, **{SHARE + "A": 1 - junk_share, SHARE + "Junk": junk_share, "dwm/ess": 15.0}),
-            _eval(5, final + 1.0),
-            _train(10, ms, **{SHARE + "A": 1 - junk_share, SHARE + "Junk": junk_share, "dwm/ess": 15.0}),
-            _eval(10, final)]
+    weights = {SHARE + "A": 1 - junk_share, SHARE + "Junk": junk_share, "dwm/weight/Junk": 2 * junk_share,
+               "dwm/ess": 15.0}
+    return [_train(5, ms, **weights), _eval(5, final + 1.0), _train(10, ms, **weights), _eval(10, final)]
 
 
 def test_domain_oracle_is_the_grid_vector_with_the_lowest_mean_loss(tmp_path):
@@ -294,13 +300,13 @@ def test_report_from_synthetic_runs(tmp_path):
     table = [line for line in text.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header == ["method", "final target loss", "Δ vs uniform [95% CI]", "Δ at equal wall-clock [95% CI]",
-                      "uniform tokens to reach", "weight share on Junk (mean / end)", "mean ESS", "step time × uniform",
-                      "seeds"]
+                      "uniform tokens to reach", "weight share on Junk (mean / end)",
+                      "Junk mean weight, last quarter (mean / highest seed)", "mean ESS", "step time × uniform", "seeds"]
     rows = {line.split("|")[1].strip().split(" (")[0]: [cell.strip() for cell in line.strip("|").split("|")]
             for line in table[2:5]}
     assert rows["dwm"][2] == f"-0.200 [{-0.2 - half:+.3f}, {-0.2 + half:+.3f}]"
     ess = "–" if dwm["mean ess"] is None else f"{dwm['mean ess']:.1f}"
-    assert rows["dwm"][5:] == ["0.100 / 0.100", ess, "2.00", "3"]
+    assert rows["dwm"][5:] == ["0.100 / 0.100", "0.20 / 0.20", ess, "2.00", "3"]
     assert rows["uniform"][2] == "–" and rows[DOMAIN_ORACLE][-1] == "2"
     assert rows[DOMAIN_ORACLE][0] == "domain-oracle (Junk 0)"
     assert "| Junk 0.5 | 4.8000 |  |" in text and "| Junk 0 | 4.7000 | chosen |" in text
@@ -366,3 +372,24 @@ def test_difference_and_loss_plots_with_many_methods(tmp_path):
     # uniform alone: nothing to pair, the plot still exists (results.md links it)
     alone = report.plot_difference("junk", {"uniform": comparisons["uniform"]}, tmp_path / "alone.png")
     assert alone.stat().st_size > 0
+
+
+def test_ablations_get_their_own_tables_and_stay_out_of_the_plots(tmp_path, monkeypatch):
+    """A DWM variant of methods.ABLATION_ONLY: a row in the scenario's ablation table and in the
+    report's combined ablation table (with what it changes), none in the main table or the plots."""
+    for seed in range(2):
+        _result(tmp_path, "junk", "uniform", seed, _records(5.0, 100, 0.3))
+        _result(tmp_path, "junk", "dwm", seed, _records(4.8, 150, 0.1))
+        _result(tmp_path, "junk", "dwm-raw", seed, _records(4.9 + 0.1 * seed, 150, 0.2))
+    lab = {"settings": runner.LabConfig(10).settings(), "commands": [], "wall-clock seconds": 1.0}
+    plotted: dict[str, list[str]] = {}
+    for plot in ("plot_target_loss", "plot_difference", "plot_domain_weights"):
+        monkeypatch.setattr(report, plot, lambda scenario, methods, path, _plot=plot: plotted.update({_plot: list(methods)}))
+    text = report.write_report(tmp_path, lab, []).read_text()
+    assert plotted and all(names == ["uniform", "dwm"] for names in plotted.values()), plotted
+    main, ablations = text.split("The DWM's ablations (docs/dwm.md):")
+    assert "| dwm |" in main and "dwm-raw" not in main.split("![")[0]
+    assert "| dwm-raw | 4.950 | -0.050 [" in ablations
+    combined = text.split("## The DWM's ablations")[1]
+    assert "| dwm-raw | defaults, raw hypergradient | -0.050 [" in combined and "(2) |" in combined
+    assert "| dwm | defaults:" in combined

@@ -169,3 +169,30 @@ def test_the_tolerances_reject_nearly_right_hypergradients():
           f"cosine {_cosine(stale_post_step, exact):.6f} (post-step)")
     assert _error(stale_at_theta_t, exact) > 1000 * AT_THETA_T_ERROR
     assert _cosine(stale_post_step, exact) < POST_STEP_COSINE
+
+
+def test_standardized_hypergradient_moves_the_dwm_as_the_raw_one_up_to_scale():
+    """--dwm-hypergradient-scaling standardized: mean 0 and unit spread over the batch (a formula in
+    float64), and, weights being n softmax(s), the DWM's score gradient of sum_i g_i w_i keeps its
+    direction (autograd): only the step's scale changes. A constant g carries no signal: zeros."""
+    from megatron_dwm.dwm.hypergradient import standardized
+
+    g = torch.tensor([3e-4, -1e-3, 2e-3, 5e-4, -7e-4], dtype=torch.float64)
+    expected = (g - g.mean()) / ((g - g.mean()) ** 2).mean().sqrt()
+    scaled = standardized(g)
+    assert torch.allclose(scaled, expected, rtol=1e-12, atol=0)
+    assert abs(float(scaled.mean())) < 1e-12 and abs(float(scaled.pow(2).mean()) - 1) < 1e-12
+
+    scores = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def score_gradient(hypergradient: torch.Tensor) -> torch.Tensor:
+        s = scores.clone().requires_grad_()
+        (hypergradient * 5 * torch.softmax(s, dim=0)).sum().backward()
+        return s.grad
+
+    raw, normalised = score_gradient(g), score_gradient(scaled)
+    cosine = float(torch.dot(raw, normalised) / (raw.norm() * normalised.norm()))
+    assert cosine > 1 - 1e-12
+    shifted = score_gradient(g + 0.1)  # the shift alone changes nothing
+    assert torch.allclose(shifted, raw, rtol=1e-9, atol=1e-15)
+    assert torch.equal(standardized(torch.full((4,), 2e-3)), torch.zeros(4))

@@ -95,10 +95,10 @@ def training_flags(corpus: dict[str, object], *extra: str, dwm: bool = False) ->
     megatron-core's index caches go to a new directory for every call (beside the corpus), so no
     job reads indices another test's job wrote (or left half-written when it was killed).
 
-    `dwm`: a small DWM in 2 stages (DWM phases of 2 iterations) learning from the corpus's
+    `dwm`: a small DWM in 2 stages (DWM phases of 2 iterations, updated at each) learning from the corpus's
     LAMBADA-style set; otherwise --dwm-disable."""
     dwm_flags = (["--dwm-valid-data-path", str(corpus["valid"]), "--dwm-stages", "2", "--dwm-update-iters", "2",
-                  "--dwm-seq-length", "32", "--dwm-hidden-size", "32", "--dwm-lr", "1e-2"]
+                  "--dwm-update-interval", "1", "--dwm-seq-length", "32", "--dwm-hidden-size", "32", "--dwm-lr", "1e-2"]
                  if dwm else ["--dwm-disable"])
     return [
         "--model-preset", "tiny", "--seq-length", "64", "--micro-batch-size", "2", "--global-batch-size", "8",

@@ -1,4 +1,4 @@
-"""`--dwm-fd-direction adam` (the default): the preconditioner of DESIGN.md section 4 against a hand
+"""`--dwm-fd-direction adam`: the preconditioner of DESIGN.md section 4 against a hand
 computation from the gradients megatron-core's Adam was given, in fp32 and in bf16 (where Adam
 steps fp32 main copies of the bf16 parameters).
 

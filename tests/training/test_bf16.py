@@ -13,6 +13,7 @@ from tests.training.launch import losses_by_iteration, run_job
 
 def _flags(corpus, run_dir, *extra: str) -> list[str]:
     return training_flags(corpus, "--bf16", "--train-iters", "4", "--save", str(run_dir / "ckpt"), "--dwm-ranks", "1",
+                          "--dwm-fd-direction", "adam",  # Adam's preconditioner read from the fp32 main copy
                           *extra, dwm=True)
 
 
