@@ -2,7 +2,7 @@
 """One command that proves the GPU path and measures it, on one H100/H200, in under 8 minutes.
 
     python bench/gpu_check.py                  # everything (about 7.5 minutes on one H200)
-    python bench/gpu_check.py --quick          # fewer sizes and runs (under 3 minutes)
+    python bench/gpu_check.py --quick          # fewer sizes and runs (about 4.5 minutes)
     python bench/gpu_check.py --cpu-smoke      # a rehearsal on CPU, tiny sizes (what `make test` runs)
     python bench/gpu_check.py --parts training # some parts only (see --help)
 
@@ -135,7 +135,7 @@ SIZES = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer sizes and runs (about 2.5 minutes on one H200)")
+    mode.add_argument("--quick", action="store_true", help="fewer sizes and runs (about 4.5 minutes on one H200)")
     mode.add_argument("--cpu-smoke", action="store_true",
                       help="rehearse every part on CPU with tiny sizes (Triton's interpreter); the figures mean nothing")
     parser.add_argument("--out", default="gpu_check", help="directory for report.md, report.json and log.txt")
