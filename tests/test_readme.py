@@ -38,6 +38,8 @@ def _states(readme_default: str, parser_default: object) -> bool:
         return readme_default == ("on" if parser_default else "off")
     if isinstance(parser_default, (int, float)):
         return float(readme_default) == parser_default
+    if isinstance(parser_default, list):  # nargs: the values as a user types them
+        return [float(value) for value in readme_default.split()] == parser_default
     return readme_default == str(parser_default)
 
 

@@ -36,7 +36,7 @@ def weight_clip_bounds(args: argparse.Namespace) -> tuple[float, float] | None:
     lo, hi = args.dwm_weight_clip
     if lo == 0 and hi == math.inf:
         return None
-    return lo, min(hi, float(args.global_batch_size))
+    return lo, hi if math.isfinite(hi) else float(args.global_batch_size)
 
 
 def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, group, cls=ColocatedDWM) -> DWMCopy:
