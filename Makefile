@@ -38,7 +38,8 @@ test: setup demo-data
 # ended below the uniform baseline's, measured before the outer step's fix; with the fix it ends
 # above, 6.963 vs 6.876, see the same section); DEMO_DWM_ARGS are DWM_FLAGS of
 # examples/dwm_demo_experiment.py (4 stages, each opening with a DWM phase of 50 iterations; the
-# plain gradient as the finite-difference direction, weights clipped to [0.1, 2]).
+# plain gradient as the finite-difference direction, weights clipped to [0.1, 2], an outer step at
+# every iteration of a phase, the raw hypergradient: that recipe, not the DWM's current defaults).
 DEMO_RUN ?= runs/demo
 DEMO_BASELINE_RUN ?= runs/demo-uniform
 DEMO_ARGS ?= --model-preset tiny --seq-length 128 --micro-batch-size 4 --global-batch-size 16 \
