@@ -129,6 +129,9 @@ ABLATIONS = [
     Method("dwm-noclip", dwm_flags("--dwm-weight-clip", "0", "inf")),
     Method("dwm-every-step", dwm_flags(*every(1))),
     Method("dwm-quarter-phase", dwm_flags("--dwm-update-iters", "30")),
+    # the defaults with one lever moved further
+    Method("dwm-every-2nd", dwm_flags(*every(2))),
+    Method("dwm-lr3e-3", dwm_flags("--dwm-lr", "3e-3")),
 ]
 METHODS.update({method.name: method for method in ABLATIONS})
 # What each DWM variant changes, for the ablation table of the report (and docs/dwm.md).
@@ -150,6 +153,8 @@ ABLATION_SETTINGS = {
     "dwm-noclip": "defaults, no clip (0 inf)",
     "dwm-every-step": "defaults, update every step",
     "dwm-quarter-phase": "defaults, DWM phase = first quarter (then frozen)",
+    "dwm-every-2nd": "defaults, update every 2nd step",
+    "dwm-lr3e-3": "defaults, --dwm-lr 3e-3",
 }
 # The report's main tables and plots show the default methods and the old defaults; the other
 # ablations get a table of their own.
