@@ -25,7 +25,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_train import CONFIGS, DEMO, run, summarize  # noqa: E402
+from bench_train import CONFIGS, DEMO, MEAN_MS, run, summarize  # noqa: E402
 
 MS = "elapsed time per iteration (ms)"
 
@@ -63,11 +63,9 @@ def main() -> None:
     for _ in range(args.repeat):
         for name, extra in variants.items():
             with tempfile.TemporaryDirectory() as workdir:
-                records = run(config, args.iters, workdir, extra)
-            ms = summarize(records, args.warmup)[MS]
-            measured = [record[MS] for record in records if record["iteration"] > args.warmup]
-            best[name] = min(best.get(name, ms), ms)
-            best_mean[name] = min(best_mean.get(name, math.inf), sum(measured) / len(measured))
+                summary = summarize(run(config, args.iters, workdir, extra), args.warmup)
+            best[name] = min(best.get(name, math.inf), summary[MS])
+            best_mean[name] = min(best_mean.get(name, math.inf), summary[MEAN_MS])
     baseline, baseline_mean = best["baseline (--dwm-disable)"], best_mean["baseline (--dwm-disable)"]
     if args.markdown:
         print(f"| {config['description']} | median ms/iteration | vs baseline | mean ms/iteration | vs baseline |")

@@ -68,7 +68,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train import run as run_training  # noqa: E402
-from bench_train import summarize  # noqa: E402
+from bench_train import MEAN_MS, summarize  # noqa: E402
 from random_corpus import make_random_corpus  # noqa: E402
 
 from megatron_dwm.analysis.dwm_run import write_text_atomically  # noqa: E402
@@ -79,7 +79,6 @@ MS = "elapsed time per iteration (ms)"
 TRAIN_MODES = {"off": "DWM off (--dwm-disable)", "frozen": "LLM phase (DWM frozen)",
                "learning": "DWM phase (DWM learning)", "default": "DWM, default schedule",
                "loss": "loss-based weighting (--weighting loss)"}
-MEAN_MS = "mean ms/iteration"  # with updates every few steps, the median would hide them
 
 
 @dataclass(frozen=True)
@@ -289,8 +288,6 @@ def training(check: Check) -> dict:
                                        data_flags=[*corpus.flags(), "--loss-kernel", kernel],
                                        log=str(log), timeout=180, env=check.env())
                 row.update(summarize(records, sizes.train_warmup))
-                measured = [record[MS] for record in records if record["iteration"] > sizes.train_warmup]
-                row[MEAN_MS] = sum(measured) / len(measured)
                 row["lm loss (last)"] = records[-1]["lm loss"]
             except subprocess.CalledProcessError as error:
                 row["error"] = f"exit status {error.returncode}: {_last_error_line(log)} (see log.txt)"

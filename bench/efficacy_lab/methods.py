@@ -49,6 +49,7 @@ class Method:
     flags: Flags
     applies: Callable[[str, Scenario], bool] = pretraining_scenario
     requires: tuple[str, str] | None = None
+    about: str = ""  # what a DWM variant changes, for the ablation table
 
 
 def uniform_flags(scenario: Scenario, context: RunContext) -> list[str]:
@@ -90,7 +91,7 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("loss-linupper", loss_flags("linupper")),
     Method("loss-quadratic", loss_flags("quadratic")),
     Method("loss-extremes", loss_flags("extremes")),
-    Method("dwm", dwm_flags()),
+    Method("dwm", dwm_flags(), about="defaults: all along, every 4th step, grad, standardized, clip 0 2"),
     Method("dwm-transfer", dwm_transfer_flags, applies=lambda lab, scenario: lab == TRANSFER,
            requires=("target", "dwm")),
 ]}
@@ -107,55 +108,49 @@ def every(interval: int) -> tuple[str, ...]:
     return "--dwm-update-interval", str(interval)
 
 
-# docs/dwm.md's ablations: from the old defaults towards the new ones (later flags override earlier ones),
-# then the new defaults with one lever taken back.
-ABLATIONS = [
-    Method("dwm-old-defaults", dwm_flags(*OLD_DEFAULTS)),
+# docs/dwm.md's ablations, each with what it changes (the ablation table's second column): from the old
+# defaults towards the new ones (later flags override earlier ones), then the new defaults with one
+# lever taken back or moved further.
+FORMER_TO_NEW = [
+    Method("dwm-old-defaults", dwm_flags(*OLD_DEFAULTS),
+           about="former defaults: DWM phase = first quarter, update every step, adam, raw, no clip"),
     Method("dwm-old-defaults-transfer", dwm_transfer_flags, applies=lambda lab, scenario: lab == TRANSFER,
            requires=("target", "dwm-old-defaults")),
-    Method("dwm-all", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG)),
-    Method("dwm-all-clip2", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2)),
-    Method("dwm-all-clip1.5", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, "--dwm-weight-clip", "0", "1.5")),
-    Method("dwm-all-clip2-grad", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *GRAD)),
-    Method("dwm-all-clip2-int4", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4))),
-    Method("dwm-all-clip2-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, "--dwm-lr", "3e-3")),
-    Method("dwm-i4-std", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD)),
-    Method("dwm-i4-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), "--dwm-lr", "3e-3")),
-    Method("dwm-i4-std-grad", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD, *GRAD)),
-    Method("dwm-i4-std-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD, "--dwm-lr", "3e-3")),
-    Method("dwm-i8-std", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(8), *STD)),
-    # the defaults, less one lever
-    Method("dwm-raw", dwm_flags("--dwm-hypergradient-scaling", "raw")),
-    Method("dwm-noclip", dwm_flags("--dwm-weight-clip", "0", "inf")),
-    Method("dwm-every-step", dwm_flags(*every(1))),
-    Method("dwm-quarter-phase", dwm_flags("--dwm-update-iters", "30")),
-    # the defaults with one lever moved further
-    Method("dwm-every-2nd", dwm_flags(*every(2))),
-    Method("dwm-lr3e-3", dwm_flags("--dwm-lr", "3e-3")),
+    Method("dwm-all", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG), about="former + learning all along"),
+    Method("dwm-all-clip2", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2), about="former + all along, clip 0 2"),
+    Method("dwm-all-clip1.5", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, "--dwm-weight-clip", "0", "1.5"),
+           about="former + all along, clip 0 1.5"),
+    Method("dwm-all-clip2-grad", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *GRAD),
+           about="former + all along, clip 0 2, grad"),
+    Method("dwm-all-clip2-int4", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4)),
+           about="former + all along, clip 0 2, every 4th step"),
+    Method("dwm-all-clip2-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, "--dwm-lr", "3e-3"),
+           about="former + all along, clip 0 2, --dwm-lr 3e-3"),
+    Method("dwm-i4-std", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD),
+           about="former + all along, clip 0 2, every 4th step, standardized (= defaults with adam)"),
+    Method("dwm-i4-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), "--dwm-lr", "3e-3"),
+           about="former + all along, clip 0 2, every 4th step, --dwm-lr 3e-3"),
+    Method("dwm-i4-std-grad", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD, *GRAD),
+           about="former + all along, clip 0 2, every 4th step, standardized, grad (= defaults)"),
+    Method("dwm-i4-std-lr3e-3", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(4), *STD, "--dwm-lr", "3e-3"),
+           about="former + all along, clip 0 2, every 4th step, standardized, --dwm-lr 3e-3"),
+    Method("dwm-i8-std", dwm_flags(*OLD_DEFAULTS, *ALL_ALONG, *CLIP2, *every(8), *STD),
+           about="former + all along, clip 0 2, every 8th step, standardized"),
 ]
+AROUND_DEFAULTS = [
+    Method("dwm-raw", dwm_flags("--dwm-hypergradient-scaling", "raw"), about="defaults, raw hypergradient"),
+    Method("dwm-noclip", dwm_flags("--dwm-weight-clip", "0", "inf"), about="defaults, no clip (0 inf)"),
+    Method("dwm-every-step", dwm_flags(*every(1)), about="defaults, update every step"),
+    Method("dwm-quarter-phase", dwm_flags("--dwm-update-iters", "30"),
+           about="defaults, DWM phase = first quarter (then frozen)"),
+    Method("dwm-every-2nd", dwm_flags(*every(2)), about="defaults, update every 2nd step"),
+    Method("dwm-lr3e-3", dwm_flags("--dwm-lr", "3e-3"), about="defaults, --dwm-lr 3e-3"),
+]
+ABLATIONS = FORMER_TO_NEW + AROUND_DEFAULTS
 METHODS.update({method.name: method for method in ABLATIONS})
-# What each DWM variant changes, for the ablation table of the report (and docs/dwm.md).
-ABLATION_SETTINGS = {
-    "dwm-old-defaults": "former defaults: DWM phase = first quarter, update every step, adam, raw, no clip",
-    "dwm-all": "former + learning all along",
-    "dwm-all-clip2": "former + all along, clip 0 2",
-    "dwm-all-clip1.5": "former + all along, clip 0 1.5",
-    "dwm-all-clip2-grad": "former + all along, clip 0 2, grad",
-    "dwm-all-clip2-int4": "former + all along, clip 0 2, every 4th step",
-    "dwm-all-clip2-lr3e-3": "former + all along, clip 0 2, --dwm-lr 3e-3",
-    "dwm-i4-std": "former + all along, clip 0 2, every 4th step, standardized (= defaults with adam)",
-    "dwm-i4-lr3e-3": "former + all along, clip 0 2, every 4th step, --dwm-lr 3e-3",
-    "dwm-i4-std-grad": "former + all along, clip 0 2, every 4th step, standardized, grad (= defaults)",
-    "dwm-i4-std-lr3e-3": "former + all along, clip 0 2, every 4th step, standardized, --dwm-lr 3e-3",
-    "dwm-i8-std": "former + all along, clip 0 2, every 8th step, standardized",
-    "dwm": "defaults: all along, every 4th step, grad, standardized, clip 0 2",
-    "dwm-raw": "defaults, raw hypergradient",
-    "dwm-noclip": "defaults, no clip (0 inf)",
-    "dwm-every-step": "defaults, update every step",
-    "dwm-quarter-phase": "defaults, DWM phase = first quarter (then frozen)",
-    "dwm-every-2nd": "defaults, update every 2nd step",
-    "dwm-lr3e-3": "defaults, --dwm-lr 3e-3",
-}
+# The ablation table's rows, in order: the way from the old defaults, the defaults, the variants around them.
+ABLATION_SETTINGS = {method.name: method.about for method in [*FORMER_TO_NEW, METHODS["dwm"], *AROUND_DEFAULTS]
+                     if method.about}
 # The report's main tables and plots show the default methods and the old defaults; the other
 # ablations get a table of their own.
 ABLATION_ONLY = {method.name for method in ABLATIONS} - {"dwm-old-defaults", "dwm-old-defaults-transfer"}

@@ -20,7 +20,6 @@ STEP_MS = "elapsed time per iteration (ms)"
 ESS = "dwm/ess"
 WEIGHT_PREFIX = "dwm/weight/"  # the mean weight of a domain's samples (1 throughout under uniform)
 WEIGHT_SHARE_PREFIX = "dwm/weight share/"
-MEAN_WEIGHT_PREFIX = "dwm/weight/"  # a domain's mean sample weight per log interval
 
 
 @dataclass(frozen=True)
@@ -188,8 +187,8 @@ def weight_share(records: Sequence[dict], domain: str) -> tuple[float, float] | 
 def late_mean_weight(records: Sequence[dict], domain: str, fraction: float = 0.25) -> float | None:
     """A domain's mean sample weight over the last `fraction` of the run's logged iterations (the mean
     of the logged per-interval means); None if the run never logged it."""
-    values = [r[MEAN_WEIGHT_PREFIX + domain] for r in sorted(records, key=lambda r: r["iteration"])
-              if MEAN_WEIGHT_PREFIX + domain in r]
+    values = [r[WEIGHT_PREFIX + domain] for r in sorted(records, key=lambda r: r["iteration"])
+              if WEIGHT_PREFIX + domain in r]
     if not values:
         return None
     late = values[len(values) - max(1, round(fraction * len(values))):]
