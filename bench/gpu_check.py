@@ -71,7 +71,7 @@ from bench_train import run as run_training  # noqa: E402
 from bench_train import MEAN_MS, summarize  # noqa: E402
 from random_corpus import make_random_corpus  # noqa: E402
 
-from megatron_dwm.analysis.dwm_run import write_text_atomically  # noqa: E402
+from megatron_dwm.analysis.output import write_text_atomically  # noqa: E402
 from megatron_dwm.training.metrics import PEAK_MEMORY_METRIC  # noqa: E402
 
 PARTS = ("environment", "kernel tests", "loss kernel", "training")

@@ -28,7 +28,9 @@ from pathlib import Path
 from demo_runs import REPO, check_runs, train
 
 from megatron_dwm.analysis.comparison import compare_runs, format_comparison
-from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics, write_text_atomically
+from megatron_dwm.analysis.dwm_run import analyze_run
+from megatron_dwm.analysis.output import write_text_atomically
+from megatron_dwm.analysis.run_files import load_metrics
 
 DEMO = REPO / "demo_data"
 SEQ_LENGTH, GLOBAL_BATCH = 128, 16

@@ -31,7 +31,8 @@ from megatron_dwm.analysis.comparison import (
     plot_seeds,
     validation_curve,
 )
-from megatron_dwm.analysis.dwm_run import AnalysisError, load_metrics, write_text_atomically
+from megatron_dwm.analysis.output import write_text_atomically
+from megatron_dwm.analysis.run_files import AnalysisError, load_metrics
 
 
 def seed_result(run: Path, window: int, weights_after: float) -> SeedResult:

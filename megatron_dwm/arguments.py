@@ -2,7 +2,7 @@
 
 `parse_args` reports every inconsistency at once, naming the flags at fault, before any process
 group is created or any data is read: a ConfigError whose message lists them, values outside their
-flag's range (NUMERIC_RANGES) first.
+flag's range (NUMERIC_RANGES) first. The checks live in :mod:`megatron_dwm.config_checks`.
 
 Importing this module and parsing (``--help`` included) import neither torch nor megatron-core, so
 that ``pretrain_dwm.py --help`` and a misspelt flag answer at once; checks that need them import
@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import dataclass
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 from megatron_dwm.model.presets import PRESETS, LlamaArch, get_preset
 
@@ -67,7 +66,7 @@ AT_LEAST_0, AT_LEAST_1, POSITIVE = Range(0), Range(1), Range(0, low_open=True)
 BETA = Range(0, 1, high_open=True)
 
 # The valid range of every numeric flag, by destination. A flag given several values (nargs) has
-# each of them checked; relations between flags are checked after these ranges, in validate_args.
+# each of them checked; relations between flags are checked after these ranges (config_checks).
 NUMERIC_RANGES: dict[str, Range] = {
     **dict.fromkeys(MODEL_SHAPE_FLAGS, AT_LEAST_1),
     "make_vocab_size_divisible_by": AT_LEAST_1,
@@ -319,354 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None, world_size: int | None = None) -> argparse.Namespace:
     """Parse and validate; raise ConfigError with one message listing every problem (--help exits 0)."""
+    from megatron_dwm.config_checks import validate_args  # it imports this module's flags and ranges
+
     args = build_parser().parse_args(argv)
     validate_args(args, world_size)
     return args
 
 
-def model_arch(args: argparse.Namespace) -> LlamaArch:
-    """The preset with the explicit shape flags applied."""
-    return get_preset(args.model_preset).with_overrides(**{k: getattr(args, k) for k in MODEL_SHAPE_FLAGS})
-
-
-def validate_args(args: argparse.Namespace, world_size: int | None = None) -> None:
-    """Raise ConfigError listing every inconsistency, out-of-range values first; fill in derived
-    values (global batch, decay iterations, DWM phase, DWM validation batch).
-
-    A check relating several flags runs only when each of them is in range (`valid`), so an invalid
-    value is reported once, by its range, and never breaks a later check."""
-    if world_size is None:
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    out_of_range = range_problems(args)
-    problems = list(out_of_range.values())
-
-    def valid(*flags: str) -> bool:
-        return not out_of_range.keys() & set(flags)
-
-    if valid(*MODEL_SHAPE_FLAGS, "tensor_model_parallel_size", "pipeline_model_parallel_size", "seq_length"):
-        problems += _model_problems(args)
-    layout = None
-    if valid("tensor_model_parallel_size", "pipeline_model_parallel_size", "dwm_ranks"):
-        from megatron_dwm.rank_layout import RankLayout
-
-        layout = RankLayout(world_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                            args.dwm_ranks)
-        problems += layout.problems()
-        layout = None if layout.problems() else layout
-    dp = layout.data_parallel_size if layout is not None and valid("micro_batch_size") else None
-    if dp is not None and valid("global_batch_size"):
-        if args.global_batch_size is None:
-            args.global_batch_size = args.micro_batch_size * dp
-        if args.global_batch_size % (args.micro_batch_size * dp):
-            problems.append(f"--global-batch-size {args.global_batch_size} is not divisible by "
-                            f"--micro-batch-size {args.micro_batch_size} x data-parallel size {dp}")
-    else:
-        dp = None
-    problems += _schedule_problems(args, valid)
-    problems += _weighting_problems(args, valid)
-    problems += _dwm_problems(args, dp, valid)
-    problems += _data_problems(args)
-    problems += _output_problems(args)
-    from megatron_dwm.platform import validate_platform_options
-
-    problems += validate_platform_options(args.use_distributed_optimizer)
-    if problems:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
-
-
-def range_problems(args: argparse.Namespace) -> dict[str, str]:
-    """Flag destination -> problem, for each numeric flag whose value lies outside NUMERIC_RANGES
-    (NaN and infinities included); flags left unset (None) are not checked."""
-    problems = {}
-    for flag, valid_range in NUMERIC_RANGES.items():
-        value = getattr(args, flag, None)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        bad = [v for v in values if v is not None and v not in valid_range]
-        if bad:
-            finite = "" if all(math.isfinite(v) for v in bad) else "a finite number "
-            problems[flag] = f"--{flag.replace('_', '-')} {' '.join(map(str, values))} must be {finite}{valid_range}"
-    return problems
-
-
-def _model_problems(args: argparse.Namespace) -> list[str]:
-    """The model's shape against the parallel layout and the sequence length."""
-    try:
-        arch = model_arch(args)
-    except ValueError as error:
-        return [str(error)]
-    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    problems = []
-    if arch.num_attention_heads % tp:
-        problems.append(f"--num-attention-heads {arch.num_attention_heads} is not divisible by "
-                        f"--tensor-model-parallel-size {tp}")
-    if arch.kv_heads % tp:
-        problems.append(f"--num-query-groups {arch.kv_heads} is not divisible by --tensor-model-parallel-size {tp}")
-    if arch.num_attention_heads % arch.kv_heads:
-        problems.append(f"--num-attention-heads {arch.num_attention_heads} is not divisible by "
-                        f"--num-query-groups {arch.kv_heads}")
-    if arch.num_layers % pp:
-        problems.append(f"--num-layers {arch.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
-    if args.seq_length > arch.max_position_embeddings:
-        problems.append(f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
-                        f"{arch.max_position_embeddings}")
-    return problems
-
-
-def _schedule_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:
-    """The learning-rate schedule's flags against each other (megatron-core asserts these); fills
-    in --lr-decay-iters."""
-    problems = []
-    if args.lr_decay_iters is None and valid("train_iters"):
-        args.lr_decay_iters = args.train_iters
-    if valid("lr_warmup_iters", "lr_decay_iters", "train_iters") and args.lr_warmup_iters > 0 \
-            and args.lr_warmup_iters >= args.lr_decay_iters:
-        problems.append(f"--lr-warmup-iters {args.lr_warmup_iters} must be below --lr-decay-iters "
-                        f"{args.lr_decay_iters}")
-    if valid("lr", "min_lr") and args.min_lr > args.lr:
-        problems.append(f"--min-lr {args.min_lr} exceeds --lr {args.lr}")
-    if valid("lr", "lr_warmup_init") and args.lr_warmup_init > args.lr:
-        problems.append(f"--lr-warmup-init {args.lr_warmup_init} exceeds --lr {args.lr}")
-    if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
-        problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters")
-    if args.lr_wsd_decay_iters is not None and valid("lr_wsd_decay_iters", "lr_decay_iters", "train_iters") \
-            and args.lr_wsd_decay_iters > args.lr_decay_iters:
-        problems.append(f"--lr-wsd-decay-iters {args.lr_wsd_decay_iters} exceeds --lr-decay-iters "
-                        f"{args.lr_decay_iters} (the decay ends the schedule)")
-    return problems
-
-
-def default_valid_batch_size(args: argparse.Namespace, data_parallel_size: int) -> int:
-    """A quarter of the global batch, rounded down to a multiple of micro batch x DP (at least one).
-
-    The outer step's forward+backward on the validation batch is its costliest part after the two
-    forward-only passes; a quarter batch keeps a DWM-phase step near 2x a plain one (docs/performance.md)."""
-    unit = args.micro_batch_size * data_parallel_size
-    return max(unit, args.global_batch_size // 4 // unit * unit)
-
-
-def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None, valid: Callable[..., bool]) -> list[str]:
-    """The DWM's flags against the others; fills in --dwm-update-iters and --dwm-valid-batch-size."""
-    if args.dwm_disable:
-        return [f"--dwm-ranks {args.dwm_ranks} reserves ranks for the DWM, which --weighting {args.weighting} "
-                "does not use: use --dwm-ranks 0"] if args.dwm_ranks > 0 else []
-    problems = _dwm_phase_problems(args, valid)
-    if data_parallel_size and valid("dwm_valid_batch_size"):  # else a problem is already reported
-        unit = args.micro_batch_size * data_parallel_size
-        if args.dwm_valid_batch_size is None:
-            args.dwm_valid_batch_size = default_valid_batch_size(args, data_parallel_size)
-        elif args.dwm_valid_batch_size % unit:
-            problems.append(f"--dwm-valid-batch-size {args.dwm_valid_batch_size} is not a positive multiple of "
-                            f"--micro-batch-size {args.micro_batch_size} x data-parallel size {data_parallel_size}")
-    updates = valid("dwm_update_iters") and args.dwm_update_iters > 0 and not args.dwm_freeze
-    if updates and args.dwm_valid_data_path is None:
-        problems.append("updating the DWM needs its validation set: give --dwm-valid-data-path "
-                        "(or --dwm-freeze / --dwm-disable)")
-    if updates and args.dwm_fd_direction == "adam" and args.use_distributed_optimizer:
-        problems.append("--dwm-fd-direction adam reads Adam's state, which --use-distributed-optimizer shards; "
-                        "use --dwm-fd-direction grad")
-    if valid("dwm_seq_length", "seq_length") and args.dwm_seq_length > args.seq_length:
-        problems.append(f"--dwm-seq-length {args.dwm_seq_length} exceeds --seq-length {args.seq_length}")
-    if valid("dwm_hidden_size", "dwm_num_attention_heads") and args.dwm_hidden_size % args.dwm_num_attention_heads:
-        problems.append(f"--dwm-hidden-size {args.dwm_hidden_size} is not divisible by "
-                        f"--dwm-num-attention-heads {args.dwm_num_attention_heads}")
-    clip = args.dwm_weight_clip
-    if clip is not None and valid("dwm_weight_clip") and not clip[0] < 1 < clip[1]:
-        problems.append(f"--dwm-weight-clip {clip[0]} {clip[1]}: need MIN < 1 < MAX (weights have mean 1)")
-    for flag in ("dwm_init", "dwm_load"):
-        path = getattr(args, flag)
-        if path is not None and not os.path.isdir(path):
-            problems.append(f"--{flag.replace('_', '-')} {path}: no such checkpoint directory")
-    return problems
-
-
-def _weighting_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:
-    """The weighting policy against its flags; fills in --weighting and sets ``dwm_disable`` when
-    the policy is not the DWM (so every --dwm-* flag is then unused)."""
-    problems = []
-    implied = "uniform" if args.dwm_disable else "domain" if args.domain_weights is not None else "dwm"
-    if args.weighting is None:
-        args.weighting = implied
-    elif args.dwm_disable and args.weighting != "uniform":
-        problems.append(f"--dwm-disable means --weighting uniform, but --weighting {args.weighting} is given: "
-                        "keep one of them")
-    args.dwm_disable = args.weighting != "dwm"
-    if args.weighting == "domain":
-        if args.domain_weights is None:
-            problems.append("--weighting domain needs --domain-weights (one weight per training-blend dataset)")
-        elif valid("domain_weights"):
-            count = _train_dataset_count(args)
-            if count is not None and len(args.domain_weights) != count:
-                problems.append(f"--domain-weights gives {len(args.domain_weights)} weights for {count} training "
-                                "datasets: give one per dataset, in --data-path order")
-            if not any(args.domain_weights):
-                problems.append("--domain-weights are all 0: no sample would count in the loss")
-    elif args.domain_weights is not None:
-        problems.append(f"--domain-weights applies to --weighting domain, not --weighting {args.weighting}")
-    smallest = 3 if args.loss_weighting_strategy in ("quadratic", "extremes") else 2
-    if args.weighting == "loss" and valid("micro_batch_size") and args.micro_batch_size < smallest:
-        problems.append(f"--weighting loss normalises the weights over each micro batch: --micro-batch-size "
-                        f"{args.micro_batch_size} would give every sample weight 1 with --loss-weighting-strategy "
-                        f"{args.loss_weighting_strategy}; use --micro-batch-size {smallest} or more")
-    return problems
-
-
-def _train_dataset_count(args: argparse.Namespace) -> int | None:
-    """Datasets in the training blend (--data-path, or the per-split file's "train"); None if unreadable
-    (reported by the data checks)."""
-    data_path = args.data_path
-    if data_path is None and args.per_split_data_args_path is not None:
-        per_split, _ = _read_per_split(args.per_split_data_args_path)
-        data_path = per_split.get("train") if per_split else None
-    if not isinstance(data_path, list) or not data_path:
-        return None
-    return len(_blend_prefixes(data_path))
-
-
-def _dwm_phase_problems(args: argparse.Namespace, valid: Callable[..., bool]) -> list[str]:
-    """Stages and DWM phases against --train-iters; fills in --dwm-update-iters (the whole stage)."""
-    stages_valid = valid("dwm_stages", "train_iters")
-    stage_length = args.train_iters // args.dwm_stages if stages_valid else 0
-    if args.dwm_update_iters is None:
-        args.dwm_update_iters = max(stage_length, 1)
-    if stages_valid and args.dwm_stages > args.train_iters:
-        return [f"--dwm-stages {args.dwm_stages} exceeds --train-iters {args.train_iters}"]
-    if stage_length and valid("dwm_update_iters") and args.dwm_update_iters > stage_length:
-        return [f"--dwm-update-iters {args.dwm_update_iters} exceeds the stage length {stage_length} "
-                f"(--train-iters {args.train_iters} / --dwm-stages {args.dwm_stages})"]
-    return []
-
-
-def _data_problems(args: argparse.Namespace) -> list[str]:
-    """Missing or unreadable inputs: data prefixes, split file, tokenizer, LAMBADA-style set."""
-    problems = []
-    if (args.data_path is None) == (args.per_split_data_args_path is None):
-        problems.append("give the training data with exactly one of --data-path and --per-split-data-args-path")
-    elif args.data_path is not None:
-        problems += _blend_problems("--data-path", args.data_path)
-    else:
-        problems += _per_split_problems(args.per_split_data_args_path)
-    if args.tokenizer_model is None:
-        problems.append(f"--tokenizer-type {args.tokenizer_type} needs --tokenizer-model (a .model or tokenizer.json)")
-    elif not os.path.exists(args.tokenizer_model):
-        problems.append(f"--tokenizer-model {args.tokenizer_model}: no such file")
-    else:
-        problems += _tokenizer_problems(args.tokenizer_type, args.tokenizer_model)
-    if args.dwm_valid_data_path is not None:
-        problem = _indexed_problem(args.dwm_valid_data_path, "tools/preprocess_lambada.py")
-        problems += [f"--dwm-valid-data-path: {problem}"] if problem else []
-    return problems
-
-
-def _tokenizer_problems(tokenizer_type: str, tokenizer_model: str) -> list[str]:
-    """The tokenizer, loaded as the run will load it (a damaged or wrong file fails here, naming the flag)."""
-    from megatron_dwm.data.tokenizer import build_tokenizer
-
-    try:
-        build_tokenizer(tokenizer_type, tokenizer_model)
-    except Exception as error:  # sentencepiece and tokenizers raise anything on a bad file
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return [f"--tokenizer-model {tokenizer_model}: cannot be loaded as --tokenizer-type {tokenizer_type} "
-                f"({type(error).__name__}: {first_line})"]
-    return []
-
-
-def _read_per_split(path: str) -> tuple[dict | None, str | None]:
-    """--per-split-data-args-path's JSON object, or the problem that stops it being read."""
-    import json
-
-    flag = f"--per-split-data-args-path {path}"
-    if not os.path.isfile(path):
-        return None, f"{flag}: no such file"
-    try:
-        with open(path, encoding="utf-8") as file:
-            per_split = json.load(file)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return None, f"{flag}: not readable as JSON ({error})"
-    if not isinstance(per_split, dict) or set(per_split) - {"train", "valid", "test"}:
-        return None, f'{flag}: expected a JSON object with keys among "train", "valid", "test"'
-    return per_split, None
-
-
-def _per_split_problems(path: str) -> list[str]:
-    """--per-split-data-args-path: a readable JSON object of --data-path lists, each checked."""
-    per_split, problem = _read_per_split(path)
-    if problem:
-        return [problem]
-    flag = f"--per-split-data-args-path {path}"
-    problems = []
-    for split, data_path in per_split.items():
-        if not isinstance(data_path, list) or not all(isinstance(item, (str, int, float)) for item in data_path):
-            problems.append(f"{flag} {split}: expected a list in --data-path syntax")
-        elif data_path:
-            problems += _blend_problems(f"{flag} {split}", [str(item) for item in data_path])
-    return problems
-
-
-def _blend_prefixes(data_path: list) -> list:
-    """The prefixes of a --data-path list: itself if it is one prefix, else every second item."""
-    return data_path if len(data_path) == 1 else data_path[1::2]
-
-
-def _blend_problems(flag: str, data_path: list[str]) -> list[str]:
-    if not data_path:
-        return [f"{flag} is empty"]
-    prefixes = _blend_prefixes(data_path)
-    if len(data_path) > 1 and len(data_path) % 2:
-        return [f"{flag}: expected weight prefix pairs, got {len(data_path)} values"]
-    if len(data_path) > 1:
-        try:
-            weights = [float(w) for w in data_path[0::2]]
-        except ValueError:
-            return [f"{flag}: expected weight prefix pairs, found a non-numeric weight in {data_path[0::2]}"]
-        if any(w <= 0 for w in weights):
-            return [f"{flag}: weights must be positive, got {weights}"]
-    return [f"{flag}: {problem}" for prefix in prefixes if (problem := _indexed_problem(prefix))]
-
-
-def _indexed_problem(prefix: str, tool: str = "tools/preprocess_data.py") -> str | None:
-    """A missing file, or a .bin/.idx pair that does not belong together (reads only the header and
-    last entries of the .idx, so it is fast on any size of data)."""
-    from megatron_dwm.data.integrity import indexed_problem
-
-    return indexed_problem(prefix, tool)
-
-
-def _output_problems(args: argparse.Namespace) -> list[str]:
-    """Output directories that cannot be written; checkpoint intervals without a place to save."""
-    problems = []
-    for flag in ("save", "tensorboard_dir"):
-        path = getattr(args, flag)
-        if path is not None and not _writable_dir(path):
-            problems.append(f"--{flag.replace('_', '-')} {path}: cannot create or write this directory")
-    if args.metrics_file is not None and not _writable_dir(os.path.dirname(os.path.abspath(args.metrics_file))):
-        problems.append(f"--metrics-file {args.metrics_file}: its directory cannot be written")
-    if args.save_interval is not None and args.save is None:
-        problems.append("--save-interval needs --save")
-    problems += _load_problems(args.load, args.save)
-    if args.ckpt_step is not None and args.load is None:
-        problems.append(f"--ckpt-step {args.ckpt_step} needs --load")
-    return problems
-
-
-def _load_problems(load: str | None, save: str | None) -> list[str]:
-    """--load must name a directory. One that does not exist is a mistyped path, unless it is --save:
-    a self-resuming job's first start, which trains from scratch (as an existing, empty directory does)."""
-    if load is None or os.path.isdir(load):
-        return []
-    if os.path.exists(load):
-        return [f"--load {load}: not a directory"]
-    if save is not None and os.path.abspath(load) == os.path.abspath(save):
-        return []
-    return [f"--load {load}: no such directory (to start from scratch, leave out --load; a job that resumes "
-            "itself gives --load and --save the same directory, which may not exist yet)"]
-
-
-def _writable_dir(path: str) -> bool:
-    """True if `path` is a writable directory or could be created (its nearest existing parent is)."""
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            return False
-        path = parent
-    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+def model_arch(args: argparse.Namespace, default_vocab_size: int | None = None) -> LlamaArch:
+    """The preset with the explicit shape flags applied; `default_vocab_size` (the tokenizer's) is
+    the vocabulary where --vocab-size is not given."""
+    preset = get_preset(args.model_preset).with_overrides(vocab_size=default_vocab_size)
+    return preset.with_overrides(**{k: getattr(args, k) for k in MODEL_SHAPE_FLAGS})

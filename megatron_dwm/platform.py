@@ -19,6 +19,8 @@ nothing. The distributed optimizer stays a GPU option (``validate_platform_optio
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -39,6 +41,25 @@ class Platform:
     def is_cpu(self) -> bool:
         return self.device.type == "cpu"
 
+    @property
+    def use_transformer_engine(self) -> bool:
+        """Whether the LLM uses Transformer Engine's layers: on CUDA, where TE imports."""
+        return self.device.type == "cuda" and _transformer_engine_importable()
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether data loaders pin host memory: their batches go to a CUDA device."""
+        return self.device.type == "cuda"
+
+    @property
+    def device_name(self) -> str:
+        """The GPU's name ("cpu" on the CPU), e.g. for its peak FLOP/s."""
+        return torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+
+    def peak_memory_gib(self) -> float | None:
+        """The GPU memory high-water mark since the start, in GiB (None on the CPU: not measured)."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+
 
 _PLATFORM: Platform | None = None
 _CPU = torch.device("cpu")
@@ -52,9 +73,7 @@ def init_platform(force_cpu: bool | None = None, verbose: bool = True) -> Platfo
     global _PLATFORM
     if _PLATFORM is not None:
         return _PLATFORM
-    if force_cpu is None:
-        force_cpu = os.environ.get("MEGATRON_DWM_FORCE_CPU", "0") == "1"
-    if torch.cuda.is_available() and not force_cpu:
+    if _gpu_in_use(force_cpu):
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
         _PLATFORM = Platform(torch.device("cuda", torch.cuda.current_device()), "nccl")
@@ -69,11 +88,26 @@ def init_platform(force_cpu: bool | None = None, verbose: bool = True) -> Platfo
     return _PLATFORM
 
 
+def _gpu_in_use(force_cpu: bool | None = None) -> bool:
+    """A GPU is present and CPU mode is not forced (``force_cpu`` or ``MEGATRON_DWM_FORCE_CPU=1``)."""
+    if force_cpu is None:
+        force_cpu = os.environ.get("MEGATRON_DWM_FORCE_CPU", "0") == "1"
+    return torch.cuda.is_available() and not force_cpu
+
+
 def _transformer_engine_installed() -> bool:
     """Whether Transformer Engine can be found (not imported: that takes seconds)."""
-    import importlib.util
-
     return importlib.util.find_spec("transformer_engine") is not None
+
+
+@functools.cache
+def _transformer_engine_importable() -> bool:
+    """Whether Transformer Engine imports (any failure means it cannot be used)."""
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
 
 
 def get_platform() -> Platform:
@@ -83,7 +117,7 @@ def get_platform() -> Platform:
 
 def validate_platform_options(use_distributed_optimizer: bool) -> list[str]:
     """Problems with options the current platform cannot honour (empty if none)."""
-    if torch.cuda.is_available() and os.environ.get("MEGATRON_DWM_FORCE_CPU", "0") != "1":
+    if _gpu_in_use():
         return []
     problems = []
     if use_distributed_optimizer:
@@ -92,12 +126,6 @@ def validate_platform_options(use_distributed_optimizer: bool) -> list[str]:
             "CUDA tensors only); drop the flag on CPU"
         )
     return problems
-
-
-def synchronize() -> None:
-    """Wait for the device (no-op on CPU)."""
-    if get_platform().device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from megatron_dwm.arguments import NUMERIC_RANGES, ConfigError, build_parser, model_arch, parse_args, validate_args
+from megatron_dwm.arguments import NUMERIC_RANGES, ConfigError, build_parser, model_arch, parse_args
+from megatron_dwm.config_checks import validate_args
 
 REPO = Path(__file__).resolve().parents[1]
 

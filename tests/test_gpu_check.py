@@ -103,8 +103,8 @@ def test_a_failing_part_is_reported_and_the_others_still_run(tmp_path, monkeypat
 def test_random_corpus_is_read_by_the_tokenizer_and_the_datasets(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
+    from megatron_dwm.data.context_target_reader import ContextTargetDataset
     from megatron_dwm.data.tokenizer import build_tokenizer
-    from megatron_dwm.data.validation import ContextTargetDataset
 
     corpus = make_random_corpus(tmp_path, vocab_size=300, tokens_per_domain=5000, valid_examples=6,
                                 context_length=20)

@@ -214,7 +214,7 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_scripts_pass_shellcheck():
-    assert len(SCRIPTS) == 10
+    assert len(SCRIPTS) == 12
     result = subprocess.run([_linter("shellcheck"), "-s", "bash", *map(str, SCRIPTS)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 

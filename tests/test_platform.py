@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import torch
 
@@ -91,3 +92,28 @@ def test_gpu_without_transformer_engine_says_so_in_one_line(monkeypatch, capsys)
     _fake_gpu(monkeypatch, transformer_engine=True)
     init_platform()
     assert capsys.readouterr().out == ""
+
+
+def test_transformer_engine_and_pinned_memory_only_on_a_cuda_platform(monkeypatch):
+    from megatron_dwm import platform
+
+    cpu = platform.Platform(torch.device("cpu"), "gloo")
+    cuda = platform.Platform(torch.device("cuda", 0), "nccl")
+    monkeypatch.setattr(platform, "_transformer_engine_importable", lambda: True)
+    assert cuda.use_transformer_engine and cuda.pin_memory
+    assert not cpu.use_transformer_engine and not cpu.pin_memory
+    monkeypatch.setattr(platform, "_transformer_engine_importable", lambda: False)
+    assert not cuda.use_transformer_engine
+
+
+def test_forced_cpu_mode_builds_the_local_spec_on_a_gpu_machine_with_transformer_engine(monkeypatch):
+    from megatron_dwm import platform
+    from megatron_dwm.model.provider import llama_layer_spec, llama_transformer_config
+    from megatron_dwm.model.presets import get_preset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "transformer_engine", types.ModuleType("transformer_engine"))
+    monkeypatch.setattr(platform, "_transformer_engine_importable", lambda: True)
+    monkeypatch.setattr(platform, "_PLATFORM", platform.Platform(torch.device("cpu"), "gloo"))
+    assert repr(llama_layer_spec()) == repr(llama_layer_spec(use_transformer_engine=False))  # partials: no ==
+    assert not llama_transformer_config(get_preset("tiny"), use_cpu_initialization=True).gradient_accumulation_fusion

@@ -47,8 +47,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_dwm.analysis.dwm_run import AnalysisError, analyze_run  # noqa: E402
-from megatron_dwm.analysis.run_files import run_files  # noqa: E402
+from megatron_dwm.analysis.dwm_run import analyze_run  # noqa: E402
+from megatron_dwm.analysis.run_files import AnalysisError, run_files  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

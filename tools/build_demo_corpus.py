@@ -39,7 +39,7 @@ quiet_library_messages()  # before megatron-core is imported
 import zstandard  # noqa: E402
 
 from megatron_dwm.data import demo_sources as sources  # noqa: E402
-from megatron_dwm.data.context_target import preprocess_context_target  # noqa: E402
+from megatron_dwm.data.context_target_writer import preprocess_context_target  # noqa: E402
 from megatron_dwm.data.preprocess import PreprocessConfig, format_summary, preprocess  # noqa: E402
 from megatron_dwm.data.tokenizer import build_tokenizer  # noqa: E402
 from megatron_dwm.data.tokenizer_training import iter_jsonl_texts, train_sentencepiece  # noqa: E402

@@ -21,8 +21,9 @@ from megatron_dwm.library_warnings import quiet_library_messages  # noqa: E402
 quiet_library_messages()  # before megatron-core is imported
 
 from megatron_dwm.analysis.comparison import compare_runs, format_comparison  # noqa: E402
-from megatron_dwm.analysis.dwm_run import analyze_run, load_metrics, write_text_atomically  # noqa: E402
-from megatron_dwm.analysis.run_files import run_files  # noqa: E402
+from megatron_dwm.analysis.dwm_run import analyze_run  # noqa: E402
+from megatron_dwm.analysis.output import write_text_atomically  # noqa: E402
+from megatron_dwm.analysis.run_files import load_metrics, run_files  # noqa: E402
 from megatron_dwm.analysis.run_summary import format_run_summary, summarize_run  # noqa: E402
 from megatron_dwm.arguments import build_parser, model_arch  # noqa: E402
 

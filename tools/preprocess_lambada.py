@@ -22,7 +22,7 @@ from megatron_dwm.library_warnings import quiet_library_messages  # noqa: E402
 
 quiet_library_messages()  # before megatron-core is imported
 
-from megatron_dwm.data.context_target import preprocess_context_target  # noqa: E402
+from megatron_dwm.data.context_target_writer import preprocess_context_target  # noqa: E402
 from megatron_dwm.data.preprocess import run_as_command  # noqa: E402
 from megatron_dwm.data.tokenizer import TOKENIZER_TYPES, build_tokenizer  # noqa: E402
 

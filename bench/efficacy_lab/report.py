@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_dwm.analysis.dwm_run import agg_figure, save_figure, write_text_atomically
+from megatron_dwm.analysis.output import agg_figure, save_figure, write_text_atomically
 from megatron_dwm.analysis.run_summary import format_duration
 from megatron_dwm.training.metrics import read_metrics
 

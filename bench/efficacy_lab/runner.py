@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from megatron_dwm.analysis.dwm_run import write_text_atomically
+from megatron_dwm.analysis.output import write_text_atomically
 from megatron_dwm.analysis.run_summary import format_duration
 from megatron_dwm.training.metrics import read_metrics
 

@@ -44,7 +44,7 @@ from typing import Callable, Iterable, Iterator, Optional
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from megatron_dwm.data import demo_sources
-from megatron_dwm.data.context_target import Example, encode_example, preprocess_context_target
+from megatron_dwm.data.context_target_writer import Example, encode_example, preprocess_context_target
 from megatron_dwm.data.datasets import domain_name
 from megatron_dwm.data.jsonl_reader import ReadFailure, expand_inputs, read_lines
 from megatron_dwm.data.preprocess import PreprocessConfig, preprocess

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_dwm.analysis.dwm_run import TARGET_LOSS, agg_figure, domain_weight_series, save_figure
+from megatron_dwm.analysis.output import agg_figure, save_figure
+from megatron_dwm.analysis.series import TARGET_LOSS, domain_weight_series
 
 VALID_KEY = TARGET_LOSS
 

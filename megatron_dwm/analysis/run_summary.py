@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from megatron_dwm.analysis.comparison import VALID_KEY, mean_domain_weights, smoothed, validation_curve
-from megatron_dwm.analysis.dwm_run import TRAIN_LOSS, prefixed_series
+from megatron_dwm.analysis.series import TRAIN_LOSS, prefixed_series
 
 ELAPSED_KEY = "elapsed time per iteration (ms)"
 

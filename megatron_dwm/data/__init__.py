@@ -6,12 +6,14 @@ What the training loop calls::
     data = build_train_valid_test_datasets(args.data_path, args.split, args.seq_length, args.seed,
                                            tokenizer, args.data_cache_path, (train, valid, test))
     loader = build_pretraining_data_loader(data.train, consumed, micro_batch, dp_rank, dp_size)
-    valid_loader = build_dwm_validation_loader(args.dwm_valid_data_path, args.seq_length,
-                                               consumed_valid, micro_batch, dp_rank, dp_size)
-    batch = get_batch(iter_or_none)   # broadcast inside the tensor-parallel group
+    valid_set = ContextTargetDataset(args.dwm_valid_data_path, args.seq_length)
+    valid_loader = build_pretraining_data_loader(valid_set, consumed_valid, micro_batch, dp_rank, dp_size,
+                                                 cyclic=True)   # wraps around
+    batch = get_batch(iter_or_none, device)   # broadcast inside the tensor-parallel group
 """
 
 from megatron_dwm.data.batches import collate_samples, get_batch
+from megatron_dwm.data.context_target_reader import ContextTargetDataset
 from megatron_dwm.data.datasets import (
     DomainGPTDataset,
     TrainValidTestDatasets,
@@ -19,11 +21,7 @@ from megatron_dwm.data.datasets import (
     domain_name,
     parse_data_path,
 )
-from megatron_dwm.data.loaders import (
-    CyclicBatchSampler,
-    build_dwm_validation_loader,
-    build_pretraining_data_loader,
-)
+from megatron_dwm.data.loaders import CyclicBatchSampler, build_pretraining_data_loader
 from megatron_dwm.data.tokenizer import (
     TOKENIZER_TYPES,
     HuggingFaceTokenizer,
@@ -31,7 +29,6 @@ from megatron_dwm.data.tokenizer import (
     TextTokenizer,
     build_tokenizer,
 )
-from megatron_dwm.data.validation import ContextTargetDataset
 
 __all__ = [
     "TOKENIZER_TYPES",
@@ -42,7 +39,6 @@ __all__ = [
     "SentencePieceTokenizer",
     "TextTokenizer",
     "TrainValidTestDatasets",
-    "build_dwm_validation_loader",
     "build_pretraining_data_loader",
     "build_tokenizer",
     "build_train_valid_test_datasets",

@@ -48,17 +48,15 @@ def collate_samples(samples: list[dict]) -> dict[str, torch.Tensor]:
 
 def get_batch(
     data_iterator: Optional[Iterator[dict]],
+    device: torch.device,
     tp_group: Optional[dist.ProcessGroup] = None,
-    device: Optional[torch.device] = None,
 ) -> dict[str, torch.Tensor]:
-    """The next micro batch on every rank of the tensor-parallel group.
+    """The next micro batch on every rank of the tensor-parallel group, on ``device`` (the platform's).
 
     The group's first rank reads ``data_iterator`` and broadcasts the batch; the other ranks may
     pass ``None``. ``tp_group`` defaults to megatron-core's ``parallel_state`` TP group.
     Raises ``StopIteration`` on all ranks when the source's iterator is exhausted.
     """
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     if tp_group is None:
         from megatron.core import parallel_state
 

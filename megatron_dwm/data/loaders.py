@@ -17,7 +17,6 @@ import torch
 from megatron.training.datasets.data_samplers import MegatronPretrainingSampler
 
 from megatron_dwm.data.batches import collate_samples
-from megatron_dwm.data.validation import ContextTargetDataset
 
 
 class CyclicBatchSampler:
@@ -63,10 +62,12 @@ def build_pretraining_data_loader(
     data_parallel_size: int,
     num_workers: int = 0,
     cyclic: bool = False,
+    pin_memory: bool = False,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader of collated micro batches for one DP rank, starting at ``consumed_samples``.
 
     ``cyclic=True`` (the DWM validation set) wraps around the dataset instead of ending.
+    ``pin_memory``: the platform's choice (``Platform.pin_memory``: batches go to a CUDA device).
     """
     if cyclic:
         sampler = CyclicBatchSampler(
@@ -86,22 +87,7 @@ def build_pretraining_data_loader(
         num_workers=num_workers,
         collate_fn=collate_samples,
         worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
     )
 
-
-def build_dwm_validation_loader(
-    dwm_valid_data_path: str,
-    seq_length: int,
-    consumed_samples: int,
-    micro_batch_size: int,
-    data_parallel_rank: int,
-    data_parallel_size: int,
-    create_attention_mask: bool = False,
-) -> torch.utils.data.DataLoader:
-    """The endless loader over ``--dwm-valid-data-path`` (a context + target indexed dataset)."""
-    dataset = ContextTargetDataset(dwm_valid_data_path, seq_length, create_attention_mask)
-    return build_pretraining_data_loader(
-        dataset, consumed_samples, micro_batch_size, data_parallel_rank, data_parallel_size, cyclic=True
-    )

@@ -22,7 +22,7 @@ import numpy
 from megatron_dwm.data.documents import REJECTION_REASONS, Document, Rejection, parse_document
 from megatron_dwm.data.indexed_writer import AtomicIndexedWriter
 from megatron_dwm.data.jsonl_reader import Line, ReadFailure, expand_inputs, read_lines
-from megatron_dwm.data.progress import Progress
+from megatron_dwm.data.progress_bar import Progress
 from megatron_dwm.data.tokenizer import TextTokenizer, build_tokenizer
 
 

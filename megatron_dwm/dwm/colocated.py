@@ -11,7 +11,7 @@ gradient for its own samples only, so the encoder's gradients are summed over th
 mixer's and head's are already identical), and the copies stay identical.
 
 Colocated (:class:`ColocatedDWM`), the holders are the last pipeline stage's ranks and the group
-is the data-parallel group: one chunk per copy. On its own ranks (``megatron_dwm.dwm.auxiliary``)
+is the data-parallel group: one chunk per copy. On its own ranks (``megatron_dwm.dwm.remote``)
 the group is the DWM group and each copy serves DP / A replicas.
 
 :class:`WeightingPlacement` is the interface the trainer uses; both placements implement it.
@@ -96,6 +96,8 @@ class DWMCopy:
         return self.last
 
     def apply_hypergradient(self, hypergradient: torch.Tensor) -> None:
+        """DESIGN.md section 4, step 7: backpropagate sum_i g_i w_i(phi) (g detached), sum the encoder's
+        gradients over the copies, and step the DWM's optimizer."""
         if self.optimizer is None or self.last is None or self.last.fell_back:
             return
         self.optimizer.zero_grad(set_to_none=False)

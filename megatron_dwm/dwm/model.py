@@ -67,7 +67,7 @@ class DWMConfig:
     ffn_hidden_size: int | None = None  # None: llama_ffn_hidden_size(hidden_size)
     seq_length: int = 128  # the DWM reads only this prefix of each sample
     temperature: float = 1.0  # tau in w = n * softmax(s / tau)
-    weight_clip: tuple[float, float] | None = None  # (lo, hi) with 0 <= lo <= 1 <= hi
+    weight_clip: tuple[float, float] | None = None  # (lo, hi) with 0 <= lo < 1 < hi < inf
     norm_epsilon: float = 1e-5
     rotary_base: float = 10000.0
 
@@ -94,11 +94,15 @@ class DWMConfig:
             problems.append(f"temperature ({self.temperature}) must be > 0")
         if self.weight_clip is not None:
             lo, hi = self.weight_clip
-            if not (0 <= lo <= 1 <= hi < math.inf):
-                problems.append(f"weight_clip {self.weight_clip} must satisfy 0 <= lo <= 1 <= hi < inf "
-                                "(weights of mean 1 must fit in [lo, hi])")
+            if not (0 <= lo and self.clip_leaves_room(lo, hi) and hi < math.inf):
+                problems.append(f"weight_clip {self.weight_clip} must satisfy 0 <= lo < 1 < hi < inf (room around 1)")
         if problems:
             raise ValueError("invalid DWMConfig: " + "; ".join(problems))
+
+    @staticmethod
+    def clip_leaves_room(lo: float, hi: float) -> bool:
+        """Whether clipping weights of mean 1 to [lo, hi] leaves room around weight 1: lo < 1 < hi."""
+        return lo < 1 < hi
 
 
 # --- building blocks ---------------------------------------------------------------------------

@@ -23,17 +23,7 @@ from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from megatron_dwm.model.presets import LlamaArch
-
-
-def transformer_engine_available() -> bool:
-    """True when Transformer Engine is importable and a GPU is in use."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        import transformer_engine  # noqa: F401
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
-        return False
-    return True
+from megatron_dwm.platform import get_platform
 
 
 def padded_vocab_size(vocab_size: int, tensor_parallel_size: int, divisible_by: int = 128) -> int:
@@ -54,9 +44,12 @@ def llama_transformer_config(
     fused_kernels: bool | None = None,
     **overrides: object,
 ) -> TransformerConfig:
-    """TransformerConfig for a Llama-2 decoder (RMSNorm, SwiGLU, RoPE, no biases, no dropout)."""
+    """TransformerConfig for a Llama-2 decoder (RMSNorm, SwiGLU, RoPE, no biases, no dropout).
+
+    ``fused_kernels`` defaults to whether the platform uses Transformer Engine.
+    """
     if fused_kernels is None:
-        fused_kernels = transformer_engine_available()
+        fused_kernels = get_platform().use_transformer_engine
     params_dtype = torch.bfloat16 if bf16 else torch.float32
     return TransformerConfig(
         num_layers=arch.num_layers,
@@ -92,9 +85,9 @@ def llama_transformer_config(
 
 
 def llama_layer_spec(use_transformer_engine: bool | None = None) -> ModuleSpec:
-    """Transformer Engine layer spec on GPU when TE is importable, megatron-core's local spec otherwise."""
+    """Transformer Engine's layer spec where the platform uses TE (default), megatron-core's local spec otherwise."""
     if use_transformer_engine is None:
-        use_transformer_engine = transformer_engine_available()
+        use_transformer_engine = get_platform().use_transformer_engine
     if use_transformer_engine:
         return get_gpt_layer_with_transformer_engine_spec()
     return get_gpt_layer_local_spec(normalization="RMSNorm")

@@ -2,15 +2,14 @@
 
 `weighted_cross_entropy` (training: loss, per-sample losses, gradient written into the logits)
 and `per_sample_cross_entropy` (loss-only, for the finite-difference passes), each with a fused
-Triton kernel and a PyTorch reference; `select_loss_kernel` maps `--loss-kernel` to a loss
-function. Triton is imported only when the fused kernel is used.
+Triton kernel and a PyTorch reference, chosen by their `kernel` argument (`--loss-kernel`). Triton
+is imported only when the fused kernel is used.
 """
 
 from megatron_dwm.ops.kernels import LOSS_KERNELS, resolve_loss_kernel
 from megatron_dwm.ops.cross_entropy import (
     WeightedCrossEntropy,
     per_sample_cross_entropy,
-    select_loss_kernel,
     weighted_cross_entropy,
 )
 
@@ -19,6 +18,5 @@ __all__ = [
     "WeightedCrossEntropy",
     "per_sample_cross_entropy",
     "resolve_loss_kernel",
-    "select_loss_kernel",
     "weighted_cross_entropy",
 ]

@@ -13,14 +13,13 @@ gradient. The loss-only call leaves the logits untouched.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from types import ModuleType
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
-from megatron_dwm.ops.kernels import check_loss_kernel, row_kernels
+from megatron_dwm.ops.kernels import row_kernels
 from megatron_dwm.ops.vocab_parallel import VocabShard, combine_shard_stats, vocab_shard
 
 
@@ -188,8 +187,3 @@ def per_sample_cross_entropy(
     _, token_loss = _token_loss(_rows_of(logits), tokens.targets, row_kernels(kernel, logits.device), shard)
     return tokens.per_sample_loss(token_loss)
 
-
-def select_loss_kernel(name: str) -> Callable[..., WeightedCrossEntropy]:
-    """`--loss-kernel name` -> `weighted_cross_entropy` bound to that kernel."""
-    check_loss_kernel(name)
-    return partial(weighted_cross_entropy, kernel=name)

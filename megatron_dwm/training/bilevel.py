@@ -1,4 +1,4 @@
-"""The LLM side of the DWM's outer step, over megatron-core (the ``BilevelModel`` protocol of
+"""The LLM side of the DWM's outer step (DESIGN.md section 4, steps 3-6), over megatron-core (the ``BilevelModel`` protocol of
 :mod:`megatron_dwm.dwm.hypergradient`).
 
 Passes go through megatron-core's pipeline schedule: forward+backward (gradients reduced over
@@ -40,6 +40,7 @@ class MegatronBilevel:
         return self._parameters
 
     def validation_gradient(self) -> Sequence[torch.Tensor]:
+        """Step 3: v = grad L_V(theta_{t+1}), reduced over data-parallel ranks by DDP."""
         # megatron-core's fp32 optimizer step leaves each parameter's .grad aliasing its DDP main_grad:
         # backward would then accumulate into that buffer and DDP's hook add the result once more
         # (the first micro batch counted twice). Clear them, as a training step does.
@@ -52,6 +53,7 @@ class MegatronBilevel:
         return [param.main_grad for param in self._parameters]
 
     def preconditioner(self, index: int, gradient: torch.Tensor) -> torch.Tensor | float:
+        """Step 4: P of --dwm-fd-direction (adam: Adam's 1 / (sqrt(v_hat) + eps); grad: 1)."""
         return 1.0 if self._adam is None else self._adam(self._parameters[index], gradient)
 
     def global_norm(self, tensors: Sequence[torch.Tensor]) -> float:
@@ -63,6 +65,7 @@ class MegatronBilevel:
         return math.sqrt(float(squares))
 
     def per_sample_losses(self) -> torch.Tensor | None:
+        """Step 5: l_i at the current (displaced) parameters, forward only, in the global batch's order."""
         with torch.no_grad():
             collected = run_global_batch(self.model, self.train_batch, None, self.loss, forward_only=True)
         if collected is None:

@@ -6,14 +6,19 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 
 from megatron_dwm.arguments import model_arch
+from megatron_dwm.data import build_tokenizer
+from megatron_dwm.data.tokenizer import TextTokenizer
 from megatron_dwm.model.presets import LlamaArch
 from megatron_dwm.model.provider import padded_vocab_size
 
 
-def llm_arch(args, tokenizer) -> tuple[LlamaArch, int]:
-    """The run's Llama architecture (vocabulary from --vocab-size or the tokenizer) and its padded vocabulary."""
-    arch = model_arch(args).with_overrides(vocab_size=args.vocab_size or tokenizer.vocab_size)
-    return arch, padded_vocab_size(arch.vocab_size, args.tensor_model_parallel_size, args.make_vocab_size_divisible_by)
+def llm_arch(args) -> tuple[TextTokenizer, LlamaArch, int]:
+    """The run's tokenizer, its Llama architecture (vocabulary from --vocab-size or the tokenizer) and its
+    padded vocabulary: the one builder of all three, for the training ranks and the DWM ranks alike."""
+    tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
+    arch = model_arch(args, default_vocab_size=tokenizer.vocab_size)
+    padded = padded_vocab_size(arch.vocab_size, args.tensor_model_parallel_size, args.make_vocab_size_divisible_by)
+    return tokenizer, arch, padded
 
 
 def wrap_ddp(model, config=None, use_distributed_optimizer: bool = False):

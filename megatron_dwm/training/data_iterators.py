@@ -20,6 +20,7 @@ from megatron_dwm.data import (
 )
 from megatron_dwm.data.datasets import TrainValidTestDatasets, default_is_built_on_rank
 from megatron_dwm.data.tokenizer import TextTokenizer
+from megatron_dwm.platform import get_platform
 from megatron_dwm.training.progress import TrainingProgress
 
 Microbatch = dict[str, torch.Tensor]
@@ -52,6 +53,7 @@ class TrainingData:
                  device: torch.device) -> None:
         self.args = args
         self.device = device
+        self.pin_memory = get_platform().pin_memory
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.num_microbatches = args.global_batch_size // (args.micro_batch_size * self.dp_size)
@@ -66,9 +68,7 @@ class TrainingData:
         if args.dwm_valid_data_path and self.is_source:
             self.lambada = ContextTargetDataset(args.dwm_valid_data_path, args.seq_length,
                                                 args.reset_attention_mask)
-            self.dwm_valid = iter(build_pretraining_data_loader(
-                self.lambada, progress.consumed_dwm_valid_samples, args.micro_batch_size, self.dp_rank,
-                self.dp_size, cyclic=True))
+            self.dwm_valid = self._cyclic(progress.consumed_dwm_valid_samples)
         # the LAMBADA-style set's whole global batches, known on every TP rank
         self.lambada_global_batches = self._from_tp_source(len(self.lambada) if self.lambada else 0) \
             // args.global_batch_size
@@ -77,7 +77,12 @@ class TrainingData:
         if dataset is None or not self.is_source or consumed >= len(dataset):  # nothing (left) to read
             return None
         return iter(build_pretraining_data_loader(dataset, consumed, self.args.micro_batch_size, self.dp_rank,
-                                                  self.dp_size, num_workers=num_workers))
+                                                  self.dp_size, num_workers=num_workers, pin_memory=self.pin_memory))
+
+    def _cyclic(self, consumed: int) -> Iterator[Microbatch]:
+        """The LAMBADA-style set from `consumed` on, wrapping around at its end."""
+        return iter(build_pretraining_data_loader(self.lambada, consumed, self.args.micro_batch_size, self.dp_rank,
+                                                  self.dp_size, cyclic=True, pin_memory=self.pin_memory))
 
     def _from_tp_source(self, value: int) -> int:
         """`value` as the tensor-parallel group's first rank (which holds the datasets) has it."""
@@ -99,6 +104,4 @@ class TrainingData:
         """
         if self.lambada is None:
             return None, self.lambada_global_batches
-        loader = build_pretraining_data_loader(self.lambada, 0, self.args.micro_batch_size, self.dp_rank,
-                                               self.dp_size, cyclic=True)
-        return iter(loader), self.lambada_global_batches
+        return self._cyclic(0), self.lambada_global_batches

@@ -4,7 +4,7 @@ The DWM ranks hold no LLM, but they take part in every world-wide collective of 
 (megatron-core's optimizer set-up, dataset builder and distributed checkpoints), in the same order.
 The leader (the last LLM rank) tells them what comes next over the exchange channel, so the two
 sides never have to guess: LOAD before a checkpoint is read, START before the datasets are built,
-REQUEST / UPDATE every iteration (:mod:`megatron_dwm.dwm.auxiliary`), SAVE before a checkpoint is
+REQUEST / UPDATE every iteration (:mod:`megatron_dwm.dwm.remote`), SAVE before a checkpoint is
 written and STOP at the end.
 
 Their checkpoint entry is the same ``components/dwm`` object the colocated DWM writes, so a
@@ -19,18 +19,17 @@ import time
 
 import torch
 
-from megatron_dwm.data import build_pretraining_data_loader, build_tokenizer
-from megatron_dwm.dwm.auxiliary import RemoteDWM, replicas_of, serving_dwm_index, weight_messages
+from megatron_dwm.data import build_pretraining_data_loader
+from megatron_dwm.dwm.remote import RemoteDWM, replicas_of, serving_dwm_index, weight_messages
 from megatron_dwm.dwm.colocated import DWMCopy, GlobalBatchWeights, Samples, concat_samples
 from megatron_dwm.dwm.exchange import Channel, Command, ExchangeError, Message
-from megatron_dwm.dwm.schedule import StageSchedule
 from megatron_dwm.parallel import ParallelContext, join_optimizer_setup_outside_llm
 from megatron_dwm.platform import get_platform
-from megatron_dwm.training import checkpointing
+from megatron_dwm.training.checkpoint_manager import DWM_COMPONENT, CheckpointManager
 from megatron_dwm.training.build import llm_arch
 from megatron_dwm.training.data_iterators import build_datasets
 from megatron_dwm.training.faults import StopSignalHandler
-from megatron_dwm.training.weighting import DWM_COMPONENT, build_dwm
+from megatron_dwm.training.weighting import build_dwm, stage_schedule
 
 
 def exchange_channel(context: ParallelContext, timeout: float) -> Channel:
@@ -86,7 +85,9 @@ class ReplicaBatches:
         self.seq_length = args.dwm_seq_length
         self.num_microbatches = args.global_batch_size // (args.micro_batch_size * data_parallel_size)
         self.loaders = [iter(build_pretraining_data_loader(datasets.train, consumed_samples, args.micro_batch_size,
-                                                           replica, data_parallel_size)) for replica in replicas]
+                                                           replica, data_parallel_size,
+                                                           pin_memory=get_platform().pin_memory))
+                        for replica in replicas]
 
     def next_chunks(self) -> list[Samples]:
         return [concat_samples([next(loader) for _ in range(self.num_microbatches)], self.seq_length)
@@ -100,22 +101,19 @@ class DWMRankServer:
         self.args = args
         self.context = context
         self.device = get_platform().device
-        self.tokenizer = build_tokenizer(args.tokenizer_type, args.tokenizer_model)
-        _, padded_vocab = llm_arch(args, self.tokenizer)
+        self.tokenizer, _, padded_vocab = llm_arch(args)
         self.index = context.rank - context.layout.llm_world_size  # within the DWM group
         self.replicas = replicas_of(self.index, context.layout.dwm_ranks, context.layout.data_parallel_size)
         self.copy: DWMCopy = build_dwm(args, padded_vocab, self.device, context.dwm_group, cls=DWMCopy)
-        self.schedule = StageSchedule(args.train_iters, args.dwm_stages, args.dwm_update_iters,
-                                      args.dwm_update_interval, frozen=args.dwm_freeze)
+        self.schedule = stage_schedule(args)
+        self.checkpoints = CheckpointManager()  # the same components/dwm entry as the colocated DWM's
+        self.checkpoints.add_component(DWM_COMPONENT, self.copy, self.index)
         # the training ranks may spend a long time between commands (evaluation, checkpoints)
         self.channel = exchange_channel(context, 60.0 * args.distributed_timeout_minutes)
         self.batches: ReplicaBatches | None = None
         self.next_iteration = 0  # the iteration whose global batch the data position is at
         self.ahead: tuple[int, GlobalBatchWeights] | None = None  # weights computed before they were asked for
         self.graph_iteration: int | None = None  # the iteration whose weights hold the DWM's graph
-
-    def _components(self) -> dict[str, tuple[DWMCopy, int]]:
-        return {DWM_COMPONENT: (self.copy, self.index)}
 
     def serve(self) -> int:
         leader = self.context.leader
@@ -134,9 +132,7 @@ class DWMRankServer:
 
     def _load(self, message: Message) -> None:
         path, names, load_optimizer = message.obj
-        state = checkpointing.load_sharded(checkpointing.component_shards(self._components(), names), path)
-        if f"components/{DWM_COMPONENT}" in state:
-            self.copy.load_state_dict(state[f"components/{DWM_COMPONENT}"], load_optimizer=load_optimizer)
+        self.checkpoints.load_components(path, names, load_optimizer=load_optimizer)
 
     def _start(self, message: Message) -> None:
         progress = message.obj
@@ -170,6 +166,7 @@ class DWMRankServer:
             self.ahead = (following, self._weights_of(following))  # the DWM will not change before it is used
 
     def _update(self, message: Message) -> None:
+        """DESIGN.md section 4, step 7 on the DWM ranks: the hypergradient the leader sent."""
         if message.iteration != self.graph_iteration:
             raise ExchangeError(f"a hypergradient for iteration {message.iteration} arrived, but the DWM's graph "
                                 f"is of iteration {self.graph_iteration}")
@@ -178,8 +175,7 @@ class DWMRankServer:
 
     def _save(self, message: Message) -> None:
         root, common = message.obj
-        shards = checkpointing.component_shards(self._components())
-        checkpointing.write_checkpoint(root, message.iteration, {**shards, **common})
+        self.checkpoints.save_components(root, message.iteration, common)
 
 
 def run_dwm_rank(args: argparse.Namespace, context: ParallelContext) -> int:

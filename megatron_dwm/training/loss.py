@@ -60,9 +60,10 @@ class WeightedLoss:
         self.domain_id.clear()
         self.weights.clear()
 
-    def forward(self, chunk, batch: dict[str, torch.Tensor], weights: "SampleWeights | None",
-                forward_only: bool) -> tuple[torch.Tensor, LossFunc]:
-        """``chunk(batch)`` and the loss function megatron-core's schedule applies to its output."""
+    def forward_step(self, chunk, batch: dict[str, torch.Tensor], weights: "SampleWeights | None",
+                     forward_only: bool) -> tuple[torch.Tensor, LossFunc]:
+        """megatron-core's forward step function for one micro batch: ``chunk(batch)`` and the loss function
+        the schedule applies to its output."""
         fused = self.kernel == "fused"
         output = chunk(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
                        labels=None if fused else batch["labels"])

@@ -10,7 +10,11 @@ import json
 import math
 import os
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 # GPU memory high-water mark since the start of the run, logged on GPUs only.
 PEAK_MEMORY_METRIC = "max memory allocated (GiB)"
@@ -38,6 +42,41 @@ def _json_value(value: Any) -> Any:
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     return value
+
+
+@dataclass
+class DomainTotals:
+    """Sums and counts of a per-sample value (a loss, a weight), overall and per domain id
+    (``num_domains`` of them; other ids count only overall)."""
+
+    num_domains: int
+    sums: torch.Tensor = field(init=False)
+    counts: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sums = torch.zeros(self.num_domains + 1, dtype=torch.float64)  # last slot: all samples
+        self.counts = torch.zeros(self.num_domains + 1, dtype=torch.float64)
+
+    def add(self, values: torch.Tensor, domain_id: torch.Tensor) -> None:
+        values, domain_id = values.detach().double().cpu(), domain_id.cpu()
+        known = (domain_id >= 0) & (domain_id < self.num_domains)
+        self.sums.index_add_(0, domain_id[known], values[known])
+        self.counts.index_add_(0, domain_id[known], torch.ones_like(values[known]))
+        self.sums[-1] += values.sum()
+        self.counts[-1] += values.numel()
+
+    def all_reduce(self, group: dist.ProcessGroup | None, device: torch.device) -> None:
+        """Sum over the data-parallel ranks (call on every rank of the last pipeline stage)."""
+        packed = torch.cat([self.sums, self.counts]).to(device)
+        dist.all_reduce(packed, group=group)
+        self.sums, self.counts = packed.cpu().split(self.num_domains + 1)
+
+    def mean(self) -> float:
+        return float(self.sums[-1] / self.counts[-1]) if self.counts[-1] > 0 else math.nan
+
+    def domain_means(self, names: list[str]) -> dict[str, float]:
+        return {name: float(self.sums[i] / self.counts[i]) for i, name in enumerate(names) if self.counts[i] > 0}
+
 
 
 class MetricsWriter:

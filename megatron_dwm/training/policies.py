@@ -9,8 +9,9 @@
   samples' current losses, computed inside the same forward pass (:func:`loss_based_weights`).
 
 The trainer asks a policy for the weights of each global batch (``weights``), tells it which
-weights the loss used (``observe``), lets it learn after the LLM's step (``outer_step``) and
-collects its statistics at each log line (``pop_metrics``); the DWM's policy
+weights the loss used (``observe``), lets it learn after the LLM's step where it says it does
+(``learns_at``, ``learn``: :func:`megatron_dwm.training.iteration.train_iteration`) and collects
+its statistics at each log line (``pop_metrics``); the DWM's policy
 (:class:`megatron_dwm.training.weighting.DWMWeighting`) has the same methods.
 """
 
@@ -88,8 +89,11 @@ class LocalWeighting:
                              *(torch.cat([batch[key] for batch in microbatches]).to(device)
                                for key in ("domain_id", "document_id"))))
 
-    def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
-        return None
+    def learns_at(self, iteration: int) -> bool:
+        return False  # no outer objective
+
+    def learn(self, result, valid_loss: float | None, iteration: int) -> None:
+        raise RuntimeError(f"{type(self).__name__} has no outer step")
 
     def pop_metrics(self, domains: list[str], iteration: int) -> dict[str, float]:
         """Collective over the data-parallel group on the last stage: every rank calls it at each log line."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from megatron_dwm.dwm.colocated import GlobalBatchWeights
-from megatron_dwm.training.evaluation import DomainTotals
+from megatron_dwm.training.metrics import DomainTotals
 
 WEIGHT_PREFIX = "dwm/weight/"  # mean weight of a domain's samples
 WEIGHT_SHARE_PREFIX = "dwm/weight share/"  # a domain's share of the total weight

@@ -3,9 +3,10 @@ learns, and what is reported about it. The policies without a DWM live in
 :mod:`megatron_dwm.training.policies`.
 
 - ``DWMWeighting``: the DWM (colocated on the last pipeline stage, or on its own ranks through
-  :class:`~megatron_dwm.dwm.auxiliary.RemoteDWM`) weighs every global batch; on
-  the iterations of a DWM phase (:class:`StageSchedule`) it takes an outer step from the
-  finite-difference hypergradient after the LLM's step.
+  :class:`~megatron_dwm.dwm.remote.RemoteDWM`) weighs every global batch; on
+  the iterations of a DWM phase (:class:`StageSchedule`) it learns from the finite-difference
+  hypergradient that :func:`megatron_dwm.training.iteration.train_iteration` computes after the
+  LLM's step.
 """
 
 from __future__ import annotations
@@ -18,15 +19,11 @@ from dataclasses import replace
 import torch
 
 from megatron_dwm.dwm.colocated import ColocatedDWM, DWMCopy, WeightingPlacement
-from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient, standardized
+from megatron_dwm.dwm.hypergradient import FiniteDifference, standardized
 from megatron_dwm.dwm.model import (DataWeightingModel, DWMConfig, dwm_config_from_checkpoint,
                                     load_encoder_from_checkpoint)
 from megatron_dwm.dwm.schedule import StageSchedule
-from megatron_dwm.training.bilevel import MegatronBilevel
 from megatron_dwm.training.weight_stats import WeightLog
-
-DWM_COMPONENT = "dwm"  # the DWM's entry in a checkpoint: components/dwm
-
 
 def weight_clip_bounds(args: argparse.Namespace) -> tuple[float, float] | None:
     """--dwm-weight-clip as DWMConfig's bounds: None for "0 inf" (no clip); an infinite MAX becomes the
@@ -55,6 +52,12 @@ def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, g
         load_encoder_from_checkpoint(model, args.dwm_init)
     optimizer = None if args.dwm_freeze else torch.optim.Adam(model.parameters(), lr=args.dwm_lr)
     return cls(model, optimizer, group, device)
+
+
+def stage_schedule(args: argparse.Namespace) -> StageSchedule:
+    """The DWM's stages and phases from --train-iters and the --dwm-* schedule flags."""
+    return StageSchedule(args.train_iters, args.dwm_stages, args.dwm_update_iters, args.dwm_update_interval,
+                         frozen=args.dwm_freeze)
 
 
 class DWMWeighting:
@@ -91,22 +94,17 @@ class DWMWeighting:
     def observe(self, microbatches, used: list[torch.Tensor]) -> None:
         """The loss used the DWM's weights, already logged by :meth:`weights`."""
 
-    def outer_step(self, trainer, microbatches, learning_rate: float) -> None:
-        """After the LLM's step of 0-based `iteration`: the DWM's update, if the schedule says so."""
-        iteration = trainer.progress.iteration
-        if not self.schedule.updates_dwm(iteration):
-            return
-        valid = trainer.data.next_global_batch(trainer.data.dwm_valid, self.args.dwm_valid_batch_size)
-        trainer.progress.consumed_dwm_valid_samples += self.args.dwm_valid_batch_size
-        bilevel = MegatronBilevel(trainer.model, trainer.optimizer, trainer.loss, microbatches, valid,
-                                  self.args.dwm_fd_direction)
-        result = finite_difference_hypergradient(bilevel, learning_rate, self.args.global_batch_size,
-                                                 self.args.dwm_fd_radius)
+    def learns_at(self, iteration: int) -> bool:
+        return self.schedule.updates_dwm(iteration)
+
+    def learn(self, result: FiniteDifference, valid_loss: float | None, iteration: int) -> None:
+        """DESIGN.md section 4, step 7: the DWM's step from the hypergradient of `iteration` (0-based),
+        standardized first unless --dwm-hypergradient-scaling raw; the logs keep the raw one."""
         if self.dwm is None:
             return
         self.fd_records.append(result)
-        if bilevel.valid_loss is not None:
-            self.valid_losses.append(bilevel.valid_loss)
+        if valid_loss is not None:
+            self.valid_losses.append(valid_loss)
         if result.finite and result.hypergradient is not None:
             self._last_hypergradient = result.hypergradient.detach().double()
             self._last_resolution = result.resolution

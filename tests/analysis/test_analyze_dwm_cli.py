@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from megatron_dwm.analysis import dwm_run as analysis
+from megatron_dwm.analysis import run_plots
 from tools.analyze_dwm import main
 
 ITERATIONS = range(10, 51, 10)
@@ -111,8 +111,8 @@ def test_uniform_run_gets_loss_curves_and_a_summary_saying_the_dwm_was_off(tmp_p
 
 def test_loss_curves_plot_training_domain_and_validation_losses(monkeypatch):
     figures = []
-    monkeypatch.setattr(analysis, "save_figure", lambda figure, path: figures.append(figure) or path)
-    analysis.plot_loss_curves(_merged(_uniform_records()), "unused.png")
+    monkeypatch.setattr(run_plots, "save_figure", lambda figure, path: figures.append(figure) or path)
+    run_plots.plot_loss_curves(_merged(_uniform_records()), "unused.png")
     training, validation = figures[0].axes
     curves = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in training.lines}
     for key, label in (("lm loss", "lm loss"), ("lm loss/A", "A"), ("lm loss/B", "B")):

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from megatron_dwm.analysis import dwm_run as analysis
-from megatron_dwm.analysis.dwm_run import AnalysisError
+from megatron_dwm.analysis import run_files, run_schedule, sample_stats
+from megatron_dwm.analysis.run_files import AnalysisError
+from megatron_dwm.analysis.series import domain_weight_series
 from tools.analyze_dwm import main
 
 DOMAINS = ["A", "B"]
@@ -76,10 +77,10 @@ def _write_scores_csv(path: Path) -> Path:
 
 
 def test_metrics_keep_last_record_of_a_repeated_iteration(run_dir):
-    records = analysis.load_metrics(run_dir / "metrics.jsonl")
+    records = run_files.load_metrics(run_dir / "metrics.jsonl")
     assert [r["iteration"] for r in records] == list(range(10, 101, 10))
     assert [r["dwm/weight/A"] for r in records] == [0.5] * 5 + [1.5] * 5  # not the stale 1.75
-    batches = analysis.load_samples(run_dir / "dwm_samples.jsonl")
+    batches = run_files.load_samples(run_dir / "dwm_samples.jsonl")
     assert [b.iteration for b in batches] == list(range(10, 101, 10))
     assert all(9.0 not in b.weight for b in batches)
 
@@ -92,27 +93,27 @@ def test_metrics_merge_the_training_and_evaluation_records_of_an_iteration(tmp_p
         {"iteration": 20, "dwm-valid loss": 4.5},  # the evaluation at iteration 20
         {"iteration": 20, "lm loss": 3.9, "dwm/weight/A": 0.7},  # logged again after a resume
     ]) + "\n")
-    assert analysis.load_metrics(path) == [
+    assert run_files.load_metrics(path) == [
         {"iteration": 10, "lm loss": 5.0, "dwm/weight/A": 0.5},
         {"iteration": 20, "lm loss": 3.9, "dwm/weight/A": 0.7, "dwm-valid loss": 4.5},
     ]
 
 
 def test_stage_boundaries_phase_spans_and_domain_series(run_dir):
-    records = analysis.load_metrics(run_dir / "metrics.jsonl")
-    assert analysis.stage_boundaries(records) == [60]
-    assert analysis.stage_boundaries([{"iteration": 1, "dwm/stage": 0}, {"iteration": 2},
+    records = run_files.load_metrics(run_dir / "metrics.jsonl")
+    assert run_schedule.stage_boundaries(records) == [60]
+    assert run_schedule.stage_boundaries([{"iteration": 1, "dwm/stage": 0}, {"iteration": 2},
                                       {"iteration": 3, "dwm/stage": 2}, {"iteration": 4, "dwm/stage": 2}]) == [3]
     # A span runs from its first phase-1 record to the next phase-0 record (or the last record).
-    assert analysis.dwm_phase_spans(records) == [(10, 30), (60, 80)]
-    assert analysis.dwm_phase_spans(records[:7]) == [(10, 30), (60, 70)]
-    series = analysis.domain_weight_series(records)
+    assert run_schedule.dwm_phase_spans(records) == [(10, 30), (60, 80)]
+    assert run_schedule.dwm_phase_spans(records[:7]) == [(10, 30), (60, 70)]
+    series = domain_weight_series(records)
     assert list(series) == DOMAINS
     assert series["B"] == (list(range(10, 101, 10)), [1.5] * 5 + [0.5] * 5)
 
 
 def test_stage_domain_means_equal_independent_means(run_dir):
-    means = analysis.stage_domain_means(analysis.load_samples(run_dir / "dwm_samples.jsonl"))
+    means = sample_stats.stage_domain_means(run_files.load_samples(run_dir / "dwm_samples.jsonl"))
     for stage in (0, 1):
         batches = [_batch(i) for i in STAGE_OF if STAGE_OF[i] == stage]
         for domain in DOMAINS:
@@ -125,10 +126,10 @@ def test_stage_domain_means_equal_independent_means(run_dir):
 
 
 def test_correlations_equal_independent_values(run_dir, tmp_path):
-    batches = analysis.load_samples(run_dir / "dwm_samples.jsonl")
-    columns, scores = analysis.load_scores(_write_scores_csv(tmp_path / "scores.csv"))
+    batches = run_files.load_samples(run_dir / "dwm_samples.jsonl")
+    columns, scores = run_files.load_scores(_write_scores_csv(tmp_path / "scores.csv"))
     assert columns == ["quality", "style"]
-    rows = {(r.stage, r.score): r for r in analysis.score_correlations(batches, columns, scores)}
+    rows = {(r.stage, r.score): r for r in sample_stats.score_correlations(batches, columns, scores)}
     assert rows[1, "quality"].pearson == pytest.approx(1.0) and rows[1, "quality"].spearman == pytest.approx(1.0)
     by_doc = {(s["domain"], s["document_id"]): s for s in _scores()}
     for (stage, column), row in rows.items():
@@ -144,15 +145,15 @@ def test_correlations_equal_independent_values(run_dir, tmp_path):
 
 def test_spearman_averages_tied_ranks():
     x, y = [1.0, 2.0, 2.0, 3.0, 5.0, 5.0, 5.0], [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
-    assert list(analysis.average_ranks(x)) == [1.0, 2.5, 2.5, 4.0, 6.0, 6.0, 6.0]
-    assert analysis.spearman(x, y) == pytest.approx(statistics.correlation(x, y, method="ranked"), abs=1e-12)
-    assert analysis.pearson([1.0, 1.0], [2.0, 3.0]) != analysis.pearson([1.0, 1.0], [2.0, 3.0])  # NaN
+    assert list(sample_stats.average_ranks(x)) == [1.0, 2.5, 2.5, 4.0, 6.0, 6.0, 6.0]
+    assert sample_stats.spearman(x, y) == pytest.approx(statistics.correlation(x, y, method="ranked"), abs=1e-12)
+    assert sample_stats.pearson([1.0, 1.0], [2.0, 3.0]) != sample_stats.pearson([1.0, 1.0], [2.0, 3.0])  # NaN
 
 
 def test_json_lines_scores_equal_csv_scores(tmp_path):
     jsonl = _write_jsonl(tmp_path / "scores.jsonl", _scores())
-    from_csv = analysis.load_scores(_write_scores_csv(tmp_path / "scores.csv"))
-    from_jsonl = analysis.load_scores(jsonl)
+    from_csv = run_files.load_scores(_write_scores_csv(tmp_path / "scores.csv"))
+    from_jsonl = run_files.load_scores(jsonl)
     assert from_jsonl[0] == from_csv[0] == ["quality", "style"]
     assert repr(from_jsonl[1]) == repr(from_csv[1])  # equal, NaN (missing `style`) included
     assert len(from_csv[1]) == 72 and from_csv[1]["B", 1005]["quality"] == (10 + 5 * 7) % 5
@@ -170,31 +171,31 @@ def test_malformed_samples_line_names_file_and_line(tmp_path, line, message):
     bad = line if isinstance(line, str) else json.dumps(line)
     path.write_text(json.dumps(_batch(10)) + "\n\n" + bad + "\n" + json.dumps(_batch(20)) + "\n")
     with pytest.raises(AnalysisError, match=f"dwm_samples.jsonl:3: .*{message[:12]}") as error:
-        analysis.load_samples(path)
+        run_files.load_samples(path)
     assert message in str(error.value) and str(path) in str(error.value)
 
 
 def test_samples_line_cut_off_by_a_killed_run_is_skipped(tmp_path):
     path = tmp_path / "dwm_samples.jsonl"
     path.write_text(json.dumps(_batch(10)) + "\n" + json.dumps(_batch(20))[:25])
-    assert [b.iteration for b in analysis.load_samples(path)] == [10]
+    assert [b.iteration for b in run_files.load_samples(path)] == [10]
 
 
 def test_malformed_metrics_and_scores_lines_name_file_and_line(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"iteration": 1}\n{"iteration": 2,\n{"iteration": 3}\n')
     with pytest.raises(AnalysisError, match=r"metrics.jsonl:2: invalid JSON"):
-        analysis.load_metrics(metrics)
+        run_files.load_metrics(metrics)
     metrics.write_text('{"iteration": 1}\n{"lm loss": 2.0}\n')
     with pytest.raises(AnalysisError, match=r"metrics.jsonl:2: missing or non-integer 'iteration'"):
-        analysis.load_metrics(metrics)
+        run_files.load_metrics(metrics)
     scores = tmp_path / "scores.csv"
     scores.write_text("domain,document_id,quality\nA,1,0.5\nA,2,high\n")
     with pytest.raises(AnalysisError, match=r"scores.csv:3: "):
-        analysis.load_scores(scores)
+        run_files.load_scores(scores)
     scores.write_text("domain,document_id,quality\nA,1,0.5\nA,1,0.7\n")
     with pytest.raises(AnalysisError, match=r"scores.csv:3: document \('A', 1\) scored twice"):
-        analysis.load_scores(scores)
+        run_files.load_scores(scores)
 
 
 def _assert_png(path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from megatron_dwm.analysis import dwm_run as analysis
+from megatron_dwm.analysis import run_files, run_plots, run_schedule
 from megatron_dwm.training.metrics import schedule_scalars
 
 LOG_INTERVAL = 10
@@ -57,15 +57,15 @@ def test_schedule_record_gives_the_true_iterations(train_iters, stages, update_i
     schedule = StageSchedule(train_iters, stages, update_iters)
     records = _records(schedule)
     boundaries, spans = _expected(train_iters, stages, update_iters)
-    assert analysis.stage_boundaries(records) == boundaries
-    assert analysis.dwm_phase_spans(records) == (spans if update_iters else [])
-    assert analysis.inferred_stage_boundaries(records) != boundaries  # what older metrics give
+    assert run_schedule.stage_boundaries(records) == boundaries
+    assert run_schedule.dwm_phase_spans(records) == (spans if update_iters else [])
+    assert run_schedule.inferred_stage_boundaries(records) != boundaries  # what older metrics give
 
 
 def test_frozen_schedule_has_no_dwm_phases():
     records = _records(StageSchedule(100, 4, 5, frozen=True))
-    assert analysis.dwm_phase_spans(records) == []
-    assert analysis.stage_boundaries(records) == _expected(100, 4, 5)[0]
+    assert run_schedule.dwm_phase_spans(records) == []
+    assert run_schedule.stage_boundaries(records) == _expected(100, 4, 5)[0]
 
 
 @pytest.mark.parametrize("train_iters, stages, update_iters", [(100, 4, 5), (103, 4, 30), (7, 2, 3)])
@@ -74,7 +74,7 @@ def test_recorded_schedule_agrees_with_the_trainers_stages_step_by_step(train_it
     iff start <= j < end for a span: the trainer's StageSchedule, step by step."""
     schedule = StageSchedule(train_iters, stages, update_iters)
     records = [{"iteration": 1, **schedule_scalars(schedule)}]
-    boundaries, spans = analysis.stage_boundaries(records), analysis.dwm_phase_spans(records)
+    boundaries, spans = run_schedule.stage_boundaries(records), run_schedule.dwm_phase_spans(records)
     for step in range(train_iters):
         assert sum(b <= step for b in boundaries) == schedule.stage_of(step)
         assert any(start <= step < end for start, end in spans) == schedule.in_dwm_phase(step)
@@ -84,26 +84,26 @@ def test_without_a_schedule_record_the_logged_records_are_used():
     """Older metrics: a boundary at the first logged iteration of the new stage; a phase from its first
     logged iteration to the next logged iteration outside it."""
     records = _records(StageSchedule(100, 4, 15), with_schedule=False)
-    assert analysis.recorded_schedule(records) is None
+    assert run_schedule.recorded_schedule(records) is None
     first_of_stage = {}
     for record in records:
         first_of_stage.setdefault(record["dwm/stage"], record["iteration"])
-    assert analysis.stage_boundaries(records) == [first_of_stage[s] for s in (1, 2, 3)] == [30, 60, 80]
-    assert analysis.dwm_phase_spans(records) == analysis.inferred_dwm_phase_spans(records)
-    assert analysis.dwm_phase_spans(records) == [(10, 20), (30, 50), (60, 70), (80, 100)]
+    assert run_schedule.stage_boundaries(records) == [first_of_stage[s] for s in (1, 2, 3)] == [30, 60, 80]
+    assert run_schedule.dwm_phase_spans(records) == run_schedule.inferred_dwm_phase_spans(records)
+    assert run_schedule.dwm_phase_spans(records) == [(10, 20), (30, 50), (60, 70), (80, 100)]
 
 
 def test_incomplete_schedule_record_is_reported():
     records = [{"iteration": 10, "dwm/schedule/train iters": 100, "dwm/schedule/stages": 4}]
-    with pytest.raises(analysis.AnalysisError, match="dwm/schedule/update iters"):
-        analysis.stage_boundaries(records)
+    with pytest.raises(run_files.AnalysisError, match="dwm/schedule/update iters"):
+        run_schedule.stage_boundaries(records)
 
 
 def _drawn(monkeypatch, records: list[dict[str, Any]]) -> tuple[list[float], list[tuple[float, float]]]:
     """(dashed vertical lines' x, shaded spans' (start, end)) that plot_domain_weights draws."""
     figures = []
-    monkeypatch.setattr(analysis, "save_figure", lambda figure, path: figures.append(figure) or path)
-    analysis.plot_domain_weights(records, "unused.png")
+    monkeypatch.setattr(run_plots, "save_figure", lambda figure, path: figures.append(figure) or path)
+    run_plots.plot_domain_weights(records, "unused.png")
     (axes,) = figures[0].axes
     lines = [line.get_xdata()[0] for line in axes.lines if line.get_linestyle() == "--"]
     spans = [(patch.get_x(), patch.get_x() + patch.get_width()) for patch in axes.patches]

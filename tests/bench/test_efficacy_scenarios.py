@@ -18,7 +18,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from efficacy_lab import scenarios  # noqa: E402
 from megatron.core.datasets.indexed_dataset import IndexedDataset  # noqa: E402
 
-from megatron_dwm.arguments import _per_split_problems  # noqa: E402
+from megatron_dwm.path_checks import _per_split_problems  # noqa: E402
 from megatron_dwm.data import build_tokenizer, build_train_valid_test_datasets  # noqa: E402
 from megatron_dwm.data.datasets import load_per_split_data_args  # noqa: E402
 

@@ -35,9 +35,10 @@ def _broadcast_body(rank: int, world_size: int):
     ]
     # only the group's first rank reads data; the other passes no iterator
     iterator = iter(batches) if parallel_state.get_tensor_model_parallel_rank() == 0 else None
-    received = [get_batch(iterator), get_batch(iterator)]
+    cpu = torch.device("cpu")
+    received = [get_batch(iterator, cpu), get_batch(iterator, cpu)]
     try:
-        get_batch(iterator)
+        get_batch(iterator, cpu)
         stopped = False
     except StopIteration:
         stopped = True

@@ -4,10 +4,10 @@ import sentencepiece
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from megatron_dwm.data.context_target import parse_example, preprocess_context_target, split_last_word
+from megatron_dwm.data.context_target_reader import ContextTargetDataset
+from megatron_dwm.data.context_target_writer import parse_example, preprocess_context_target, split_last_word
 from megatron_dwm.data.preprocess import PreprocessConfig, PreprocessError, preprocess
 from megatron_dwm.data.tokenizer import build_tokenizer
-from megatron_dwm.data.validation import ContextTargetDataset
 from tests.data.conftest import write_jsonl
 
 PASSAGES = [
@@ -76,11 +76,12 @@ def test_validation_samples_mask_only_the_target(tmp_path, spm_model):
 
 
 def test_dwm_validation_loader_cycles_through_the_examples(tmp_path, spm_model):
-    from megatron_dwm.data import build_dwm_validation_loader
+    from megatron_dwm.data import build_pretraining_data_loader
 
     _stats, prefix = _build(tmp_path, spm_model, [{"text": p} for p in PASSAGES])
-    loader = iter(build_dwm_validation_loader(prefix, 32, consumed_samples=1, micro_batch_size=2,
-                                              data_parallel_rank=0, data_parallel_size=1))
+    loader = iter(build_pretraining_data_loader(ContextTargetDataset(prefix, 32), consumed_samples=1,
+                                                micro_batch_size=2, data_parallel_rank=0, data_parallel_size=1,
+                                                cyclic=True))
     assert [next(loader)["document_id"].tolist() for _ in range(3)] == [[1, 2], [0, 1], [2, 0]]
 
 

@@ -318,7 +318,8 @@ def _flags_with_cache_next_to_the_data(corpus, prefix: Path, run_dir: Path) -> l
 def _reference_document_ids(flags: list[str], cache_dir: Path) -> list[list[int]]:
     """Per iteration, the document ids of the global batch the run must read: the run's own dataset
     code on the current files, with an empty cache."""
-    from megatron_dwm.arguments import build_parser, validate_args
+    from megatron_dwm.arguments import build_parser
+    from megatron_dwm.config_checks import validate_args
     from megatron_dwm.training.data_iterators import build_datasets
 
     args = build_parser().parse_args([*flags, "--data-cache-path", str(cache_dir)])

@@ -4,7 +4,6 @@ batch (the default) or as computed (raw), and logs the raw one either way."""
 from __future__ import annotations
 
 import argparse
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,18 +26,13 @@ class RecordingPlacement:
 
 
 @pytest.mark.parametrize("scaling", ["standardized", "raw"])
-def test_outer_step_hands_the_dwm_the_chosen_scaling(monkeypatch, scaling):
-    monkeypatch.setattr(weighting, "MegatronBilevel", lambda *args: SimpleNamespace(valid_loss=1.0))
-    monkeypatch.setattr(weighting, "finite_difference_hypergradient",
-                        lambda *args: FiniteDifference(RAW.clone(), 1e-3, 1.0, True, 1e-9))
+def test_the_dwm_learns_from_the_chosen_scaling(scaling):
     args = argparse.Namespace(train_iters=8, dwm_valid_batch_size=2, dwm_fd_direction="grad", global_batch_size=4,
                               dwm_fd_radius=0.01, dwm_hypergradient_scaling=scaling)
     placement = RecordingPlacement()
     policy = weighting.DWMWeighting(args, StageSchedule(8, 1, 8, 1), placement, None)
-    trainer = SimpleNamespace(progress=SimpleNamespace(iteration=0, consumed_dwm_valid_samples=0),
-                              data=SimpleNamespace(dwm_valid=None, next_global_batch=lambda loader, size: []),
-                              model=None, optimizer=None, loss=None)
-    policy.outer_step(trainer, [], 1e-3)
+    assert policy.learns_at(0)
+    policy.learn(FiniteDifference(RAW.clone(), 1e-3, 1.0, True, 1e-9), 1.0, 0)
 
     (applied,) = placement.applied
     centred = RAW.double() - RAW.double().mean()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megatron_dwm.analysis.dwm_run import SampleBatch, load_samples
+from megatron_dwm.analysis.run_files import SampleBatch, load_samples
 from tests.training.corpus import DOMAINS, make_corpus
 from tests.training.launch import run_job
 

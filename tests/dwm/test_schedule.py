@@ -67,7 +67,7 @@ def test_updated_iterations_match_the_rule_over_a_sweep():
 
 def test_stage_boundaries():
     schedule = StageSchedule(10, 3, 1)
-    assert schedule.boundaries() == [0, 3, 6]
+    assert [schedule.stage_start(stage) for stage in range(schedule.stages)] == [0, 3, 6]
     assert [schedule.stage_of(i) for i in range(10)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
 
 

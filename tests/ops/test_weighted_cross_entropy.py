@@ -4,7 +4,7 @@ torch's cross-entropy + explicit masking and weighting differentiated by autogra
 import pytest
 import torch
 
-from megatron_dwm.ops import per_sample_cross_entropy, select_loss_kernel, weighted_cross_entropy
+from megatron_dwm.ops import per_sample_cross_entropy, weighted_cross_entropy
 from tests.ops.cases import (
     DEVICE,
     GRAD_TOLERANCE,
@@ -99,11 +99,11 @@ def test_gradient_is_written_into_the_logits_storage(kernel):
 
 def test_kernel_selection():
     case = random_case(71, torch.float32, vocab=20)
-    loss_fn = select_loss_kernel("auto")  # resolves to the PyTorch reference on CPU
-    out = loss_fn(case.logits.clone(), case.labels, case.loss_mask, case.weights, normalizer=case.normalizer)
+    out = weighted_cross_entropy(case.logits.clone(), case.labels, case.loss_mask, case.weights,
+                                 normalizer=case.normalizer, kernel="auto")  # the PyTorch reference on CPU
     assert relative_error(out.loss, autograd_reference(case)[0]) <= LOSS_TOLERANCE
     with pytest.raises(ValueError, match="unknown loss kernel"):
-        select_loss_kernel("cudnn")
+        weighted_cross_entropy(case.logits.clone(), case.labels, case.loss_mask, kernel="cudnn")
     with pytest.raises(ValueError, match="unknown loss kernel"):
         per_sample_cross_entropy(case.logits, case.labels, case.loss_mask, kernel="cudnn")
 

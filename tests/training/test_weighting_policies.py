@@ -294,7 +294,7 @@ def _explicit(chunk: TinyChunk, batch, weigh, detach: bool = True):
 
 
 def _run_loss(loss: WeightedLoss, chunk: TinyChunk, batch, weights, forward_only: bool = False):
-    output, loss_func = loss.forward(chunk, batch, weights, forward_only)
+    output, loss_func = loss.forward_step(chunk, batch, weights, forward_only)
     value, reported = loss_func(output)
     assert torch.equal(reported["lm loss"], value.detach())
     chunk.theta.grad = None
@@ -390,7 +390,7 @@ def test_fused_kernel_with_weights_from_its_losses(forward_only):
 
     weigh = lambda l: loss_based_weights(l, "linupper", 0.3)  # noqa: E731
     loss = WeightedLoss("fused", torch.device("cpu"))
-    output, loss_func = loss.forward(chunk, batch, weigh, forward_only)
+    output, loss_func = loss.forward_step(chunk, batch, weigh, forward_only)
     value, _ = loss_func(output)
 
     logits = table[batch["tokens"]]

@@ -18,7 +18,7 @@ import time
 import torch
 
 from megatron_dwm.dwm import hypergradient, model
-from megatron_dwm.training import checkpointing, policies, trainer, weighting
+from megatron_dwm.training import checkpointing, iteration, policies, trainer
 
 nan_at = {int(i) for i in os.environ.get("FAULT_NAN_AT", "").split(",") if i}
 kill_in_save = int(os.environ.get("FAULT_KILL_IN_SAVE", "0"))
@@ -62,7 +62,7 @@ def nan_fd(*args, **kwargs):
     return result
 
 
-weighting.finite_difference_hypergradient = nan_fd
+iteration.finite_difference_hypergradient = nan_fd
 
 saves = 0
 dist_save = checkpointing.dist_checkpointing.save
@@ -82,21 +82,21 @@ def save_then_die(state, directory, *args, **kwargs):
 
 checkpointing.dist_checkpointing.save = save_then_die
 
-log_training = trainer.Trainer._log_training
+train_step = trainer.Trainer.train_step
 
 
-def log_then_hold(self):
-    log_training(self)
-    if self.progress.iteration != hold_after:
-        return
-    deadline = time.time() + 300
-    while self._signals is None or self._signals.received is None:
-        if time.time() > deadline:
-            raise RuntimeError(f"FAULT_HOLD_AFTER={hold_after}: no stop signal came within 300 s")
-        time.sleep(0.01)
+def hold_then_step(self):
+    """Hold before the step after iteration `hold_after` (logged by then): the next step's agreement sees the signal."""
+    if hold_after and self.progress.iteration == hold_after:
+        deadline = time.time() + 300
+        while self._signals is None or self._signals.received is None:
+            if time.time() > deadline:
+                raise RuntimeError(f"FAULT_HOLD_AFTER={hold_after}: no stop signal came within 300 s")
+            time.sleep(0.01)
+    return train_step(self)
 
 
-trainer.Trainer._log_training = log_then_hold
+trainer.Trainer.train_step = hold_then_step
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 import pretrain_dwm  # noqa: E402

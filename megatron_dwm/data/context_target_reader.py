@@ -1,7 +1,7 @@
-"""The DWM's validation set: context + target examples with a loss mask on the target only.
+"""Reader of the DWM's validation set: context + target examples with a loss mask on the target only.
 
 Reads the two-sequence indexed format written by ``tools/preprocess_lambada.py`` (see
-:mod:`megatron_dwm.data.context_target`) with megatron-core's ``IndexedDataset``. Each example is
+:mod:`megatron_dwm.data.context_target_writer`) with megatron-core's ``IndexedDataset``. Each example is
 one sample, right-padded to ``seq_length``; an example longer than ``seq_length + 1`` tokens
 loses the start of its context.
 """

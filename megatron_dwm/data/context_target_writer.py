@@ -1,4 +1,4 @@
-"""Context + target examples (LAMBADA and alike) as a Megatron indexed dataset.
+"""Writer of context + target examples (LAMBADA and alike) as a Megatron indexed dataset.
 
 Input: jsonl(.zst) records, either ``{"text": "... context ... target"}`` (LAMBADA: the last word
 is the target) or ``{"context": ..., "target": ...}``.
@@ -27,7 +27,7 @@ from megatron_dwm.data.preprocess import (
     output_prefix_for,
     refuse_existing,
 )
-from megatron_dwm.data.progress import Progress
+from megatron_dwm.data.progress_bar import Progress
 from megatron_dwm.data.tokenizer import TextTokenizer
 
 @dataclass(frozen=True)

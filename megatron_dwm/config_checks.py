@@ -1,0 +1,260 @@
+"""The checks behind `parse_args`: derived values are filled in first, then every problem is
+reported at once in a ConfigError, values outside their flag's range (NUMERIC_RANGES) first.
+
+A check relating several flags runs only when each of them is in range (`valid`), so an invalid
+value is reported once, by its range, and never breaks a later check. A check only reports; the
+defaults are filled in by `fill_defaults`. Checks that need torch or megatron-core import them when
+they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from typing import Callable
+
+from megatron_dwm.arguments import MODEL_SHAPE_FLAGS, NUMERIC_RANGES, ConfigError, model_arch
+from megatron_dwm.path_checks import data_problems, output_problems, train_dataset_count
+from megatron_dwm.rank_layout import RankLayout
+
+Valid = Callable[..., bool]  # valid(*flag destinations): all of them in range
+
+
+def validate_args(args: argparse.Namespace, world_size: int | None = None) -> None:
+    """Fill in derived values (global batch, decay iterations, weighting, DWM phase, DWM validation
+    batch), then raise ConfigError listing every inconsistency, out-of-range values first."""
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    out_of_range = range_problems(args)
+
+    def valid(*flags: str) -> bool:
+        return not out_of_range.keys() & set(flags)
+
+    layout = _rank_layout(args, world_size, valid)
+    dp = _data_parallel_size(layout, valid)
+    problems = [*out_of_range.values(), *_model_problems(args, valid), *(layout.problems() if layout else [])]
+    conflict = _weighting_conflict(args)  # --dwm-disable as given, before the weighting is filled in
+    fill_defaults(args, dp, valid)
+    problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict,
+                 *_weighting_problems(args, valid), *_dwm_problems(args, dp, valid), *data_problems(args),
+                 *output_problems(args), *_platform_problems(args)]
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def range_problems(args: argparse.Namespace) -> dict[str, str]:
+    """Flag destination -> problem, for each numeric flag whose value lies outside NUMERIC_RANGES
+    (NaN and infinities included); flags left unset (None) are not checked."""
+    problems = {}
+    for flag, valid_range in NUMERIC_RANGES.items():
+        value = getattr(args, flag, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        bad = [v for v in values if v is not None and v not in valid_range]
+        if bad:
+            finite = "" if all(math.isfinite(v) for v in bad) else "a finite number "
+            problems[flag] = f"--{flag.replace('_', '-')} {' '.join(map(str, values))} must be {finite}{valid_range}"
+    return problems
+
+
+# --- defaults ----------------------------------------------------------------------------------
+
+
+def fill_defaults(args: argparse.Namespace, data_parallel_size: int | None, valid: Valid) -> None:
+    """Fill in what was left to derive: global batch, decay iterations, the weighting (and
+    ``dwm_disable`` when it is not the DWM, so every --dwm-* flag is then unused), the DWM's defaults."""
+    if data_parallel_size is not None and args.global_batch_size is None:
+        args.global_batch_size = args.micro_batch_size * data_parallel_size
+    if args.lr_decay_iters is None and valid("train_iters"):
+        args.lr_decay_iters = args.train_iters
+    if args.weighting is None:
+        args.weighting = "uniform" if args.dwm_disable else "domain" if args.domain_weights is not None else "dwm"
+    args.dwm_disable = args.weighting != "dwm"
+    if not args.dwm_disable:
+        _fill_dwm_defaults(args, data_parallel_size, valid)
+
+
+def _fill_dwm_defaults(args: argparse.Namespace, data_parallel_size: int | None, valid: Valid) -> None:
+    """--dwm-update-iters (the whole stage; 1 where the stage flags are out of range, which is
+    reported) and --dwm-valid-batch-size (once the data-parallel size is known)."""
+    from megatron_dwm.dwm.schedule import default_update_iters
+
+    if args.dwm_update_iters is None:
+        stages_valid = valid("dwm_stages", "train_iters")
+        args.dwm_update_iters = default_update_iters(args.train_iters, args.dwm_stages) if stages_valid else 1
+    if args.dwm_valid_batch_size is None and data_parallel_size:
+        args.dwm_valid_batch_size = default_valid_batch_size(args, data_parallel_size)
+
+
+def default_valid_batch_size(args: argparse.Namespace, data_parallel_size: int) -> int:
+    """A quarter of the global batch, rounded down to a multiple of micro batch x DP (at least one).
+
+    The outer step's forward+backward on the validation batch is its costliest part after the two
+    forward-only passes; a quarter batch keeps a DWM-phase step near 2x a plain one (docs/performance.md)."""
+    unit = args.micro_batch_size * data_parallel_size
+    return max(unit, args.global_batch_size // 4 // unit * unit)
+
+
+# --- the model and the parallel layout ---------------------------------------------------------
+
+
+def _rank_layout(args: argparse.Namespace, world_size: int, valid: Valid) -> RankLayout | None:
+    """The split of the world's ranks, or None where its flags are out of range."""
+    if not valid("tensor_model_parallel_size", "pipeline_model_parallel_size", "dwm_ranks"):
+        return None
+    return RankLayout(world_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
+                      args.dwm_ranks)
+
+
+def _data_parallel_size(layout: RankLayout | None, valid: Valid) -> int | None:
+    """The data-parallel size, or None where the layout or the batch flags are invalid (reported)."""
+    if layout is None or layout.problems() or not valid("micro_batch_size", "global_batch_size"):
+        return None
+    return layout.data_parallel_size
+
+
+def _model_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """The model's shape against the parallel layout and the sequence length."""
+    if not valid(*MODEL_SHAPE_FLAGS, "tensor_model_parallel_size", "pipeline_model_parallel_size", "seq_length"):
+        return []
+    try:
+        arch = model_arch(args)
+    except ValueError as error:
+        return [str(error)]
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    problems = []
+    if arch.num_attention_heads % tp:
+        problems.append(f"--num-attention-heads {arch.num_attention_heads} is not divisible by "
+                        f"--tensor-model-parallel-size {tp}")
+    if arch.kv_heads % tp:
+        problems.append(f"--num-query-groups {arch.kv_heads} is not divisible by --tensor-model-parallel-size {tp}")
+    if arch.num_attention_heads % arch.kv_heads:
+        problems.append(f"--num-attention-heads {arch.num_attention_heads} is not divisible by "
+                        f"--num-query-groups {arch.kv_heads}")
+    if arch.num_layers % pp:
+        problems.append(f"--num-layers {arch.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    if args.seq_length > arch.max_position_embeddings:
+        problems.append(f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
+                        f"{arch.max_position_embeddings}")
+    return problems
+
+
+def _batch_problems(args: argparse.Namespace, data_parallel_size: int | None) -> list[str]:
+    """The global batch against micro batch x data-parallel size."""
+    if data_parallel_size is None or not args.global_batch_size % (args.micro_batch_size * data_parallel_size):
+        return []
+    return [f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
+            f"{args.micro_batch_size} x data-parallel size {data_parallel_size}"]
+
+
+def _platform_problems(args: argparse.Namespace) -> list[str]:
+    """Options the current platform cannot honour."""
+    from megatron_dwm.platform import validate_platform_options
+
+    return validate_platform_options(args.use_distributed_optimizer)
+
+
+# --- learning-rate schedule, weighting and DWM --------------------------------------------------
+
+
+def _schedule_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """The learning-rate schedule's flags against each other (megatron-core asserts these)."""
+    problems = []
+    if valid("lr_warmup_iters", "lr_decay_iters", "train_iters") and args.lr_warmup_iters > 0 \
+            and args.lr_warmup_iters >= args.lr_decay_iters:
+        problems.append(f"--lr-warmup-iters {args.lr_warmup_iters} must be below --lr-decay-iters "
+                        f"{args.lr_decay_iters}")
+    if valid("lr", "min_lr") and args.min_lr > args.lr:
+        problems.append(f"--min-lr {args.min_lr} exceeds --lr {args.lr}")
+    if valid("lr", "lr_warmup_init") and args.lr_warmup_init > args.lr:
+        problems.append(f"--lr-warmup-init {args.lr_warmup_init} exceeds --lr {args.lr}")
+    if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
+        problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters")
+    if args.lr_wsd_decay_iters is not None and valid("lr_wsd_decay_iters", "lr_decay_iters", "train_iters") \
+            and args.lr_wsd_decay_iters > args.lr_decay_iters:
+        problems.append(f"--lr-wsd-decay-iters {args.lr_wsd_decay_iters} exceeds --lr-decay-iters "
+                        f"{args.lr_decay_iters} (the decay ends the schedule)")
+    return problems
+
+
+def _weighting_conflict(args: argparse.Namespace) -> list[str]:
+    """--dwm-disable against an explicit --weighting other than uniform (the flags as given)."""
+    if not args.dwm_disable or args.weighting in (None, "uniform"):
+        return []
+    return [f"--dwm-disable means --weighting uniform, but --weighting {args.weighting} is given: "
+            "keep one of them"]
+
+
+def _weighting_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """The weighting policy against its flags."""
+    problems = []
+    if args.weighting == "domain":
+        if args.domain_weights is None:
+            problems.append("--weighting domain needs --domain-weights (one weight per training-blend dataset)")
+        elif valid("domain_weights"):
+            count = train_dataset_count(args)
+            if count is not None and len(args.domain_weights) != count:
+                problems.append(f"--domain-weights gives {len(args.domain_weights)} weights for {count} training "
+                                "datasets: give one per dataset, in --data-path order")
+            if not any(args.domain_weights):
+                problems.append("--domain-weights are all 0: no sample would count in the loss")
+    elif args.domain_weights is not None:
+        problems.append(f"--domain-weights applies to --weighting domain, not --weighting {args.weighting}")
+    smallest = 3 if args.loss_weighting_strategy in ("quadratic", "extremes") else 2
+    if args.weighting == "loss" and valid("micro_batch_size") and args.micro_batch_size < smallest:
+        problems.append(f"--weighting loss normalises the weights over each micro batch: --micro-batch-size "
+                        f"{args.micro_batch_size} would give every sample weight 1 with --loss-weighting-strategy "
+                        f"{args.loss_weighting_strategy}; use --micro-batch-size {smallest} or more")
+    return problems
+
+
+def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None, valid: Valid) -> list[str]:
+    """The DWM's flags against the others."""
+    if args.dwm_disable:
+        return [f"--dwm-ranks {args.dwm_ranks} reserves ranks for the DWM, which --weighting {args.weighting} "
+                "does not use: use --dwm-ranks 0"] if args.dwm_ranks > 0 else []
+    problems = _dwm_phase_problems(args, valid)
+    if data_parallel_size and valid("dwm_valid_batch_size") \
+            and args.dwm_valid_batch_size % (args.micro_batch_size * data_parallel_size):
+        problems.append(f"--dwm-valid-batch-size {args.dwm_valid_batch_size} is not a positive multiple of "
+                        f"--micro-batch-size {args.micro_batch_size} x data-parallel size {data_parallel_size}")
+    updates = valid("dwm_update_iters") and args.dwm_update_iters > 0 and not args.dwm_freeze
+    if updates and args.dwm_valid_data_path is None:
+        problems.append("updating the DWM needs its validation set: give --dwm-valid-data-path "
+                        "(or --dwm-freeze / --dwm-disable)")
+    if updates and args.dwm_fd_direction == "adam" and args.use_distributed_optimizer:
+        problems.append("--dwm-fd-direction adam reads Adam's state, which --use-distributed-optimizer shards; "
+                        "use --dwm-fd-direction grad")
+    if valid("dwm_seq_length", "seq_length") and args.dwm_seq_length > args.seq_length:
+        problems.append(f"--dwm-seq-length {args.dwm_seq_length} exceeds --seq-length {args.seq_length}")
+    if valid("dwm_hidden_size", "dwm_num_attention_heads") and args.dwm_hidden_size % args.dwm_num_attention_heads:
+        problems.append(f"--dwm-hidden-size {args.dwm_hidden_size} is not divisible by "
+                        f"--dwm-num-attention-heads {args.dwm_num_attention_heads}")
+    problems += _weight_clip_problems(args, valid)
+    for flag in ("dwm_init", "dwm_load"):
+        path = getattr(args, flag)
+        if path is not None and not os.path.isdir(path):
+            problems.append(f"--{flag.replace('_', '-')} {path}: no such checkpoint directory")
+    return problems
+
+
+def _dwm_phase_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """Stages and DWM phases against --train-iters, by the stage schedule's own rule."""
+    from megatron_dwm.dwm.schedule import phase_problem, stages_problem
+
+    if not valid("dwm_stages", "train_iters"):
+        return []
+    problem = stages_problem(args.train_iters, args.dwm_stages)
+    if problem is None and valid("dwm_update_iters"):
+        problem = phase_problem(args.train_iters, args.dwm_stages, args.dwm_update_iters)
+    return [problem] if problem else []
+
+
+def _weight_clip_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """--dwm-weight-clip must leave room around weight 1 (the DWM's own rule; MAX may be inf)."""
+    from megatron_dwm.dwm.model import DWMConfig
+
+    clip = args.dwm_weight_clip
+    if clip is None or not valid("dwm_weight_clip") or DWMConfig.clip_leaves_room(*clip):
+        return []
+    return [f"--dwm-weight-clip {clip[0]} {clip[1]}: need MIN < 1 < MAX (weights have mean 1)"]
