@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     dwm.add_argument("--dwm-weight-clip", type=float, nargs=2, metavar=("MIN", "MAX"), default=[0.0, 2.0],
                      help="clip weights to [MIN, MAX], renormalised to mean 1 (default 0 2: no sample counts more "
                           "than twice; 0 inf: no clip)")
-    dwm.add_argument("--dwm-lr", type=float, default=1e-3, help="learning rate of the DWM's Adam")
+    dwm.add_argument("--dwm-lr", type=float, default=3e-3, help="learning rate of the DWM's Adam")
     dwm.add_argument("--dwm-init", default=None,
                      help="initialise the DWM's encoder from a checkpoint of a small LM (this project's format); "
                           "the encoder then has the LM's shape, and --dwm-num-layers, --dwm-hidden-size and "

@@ -31,7 +31,7 @@ def test_help_shows_defaults_without_importing_torch_or_megatron():
     text = " ".join(result.stdout.split())  # argparse wraps lines
     assert result.stderr == "" and "exit code 0" in text, result.stderr
     assert "--lr LR peak learning rate (default: 0.0003)" in text
-    assert "--dwm-lr DWM_LR learning rate of the DWM's Adam (default: 0.001)" in text
+    assert "--dwm-lr DWM_LR learning rate of the DWM's Adam (default: 0.003)" in text
     assert "--seq-length SEQ_LENGTH training sequence length (default: 256)" in text
     assert "heavy modules: []" in text
 

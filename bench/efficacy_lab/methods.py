@@ -31,9 +31,20 @@ class RunContext:
     seed_index: int
     run_dir: Path
     source: Path | None = None  # checkpoint directory of the run this one builds on (dwm-transfer)
+    train_iters: int = 120  # the lab's iterations per run
 
 
 Flags = Callable[["Scenario", RunContext], list[str]]
+
+# The default DWM's step time over uniform's in the lab: the mean over its 15 single-model runs
+# (junk, target, duplicates; 5 seeds each) trained while the machine ran only the lab, from each run's
+# logged time per iteration (docs/results.md). "dwm-equal-time" trains for uniform's wall-clock.
+DWM_STEP_COST = 1.42
+
+
+def equal_time_iters(train_iters: int) -> int:
+    """The default DWM's iterations in the wall-clock of `train_iters` uniform iterations."""
+    return round(train_iters / DWM_STEP_COST)
 
 
 def pretraining_scenario(lab_scenario: str, scenario: Scenario) -> bool:
@@ -91,14 +102,20 @@ METHODS: dict[str, Method] = {method.name: method for method in [
     Method("loss-linupper", loss_flags("linupper")),
     Method("loss-quadratic", loss_flags("quadratic")),
     Method("loss-extremes", loss_flags("extremes")),
-    Method("dwm", dwm_flags(), about="defaults: all along, every 4th step, grad, standardized, clip 0 2"),
+    Method("dwm", dwm_flags(),
+           about="defaults: all along, every 4th step, grad, standardized, clip 0 2, --dwm-lr 3e-3"),
     Method("dwm-transfer", dwm_transfer_flags, applies=lambda lab, scenario: lab == TRANSFER,
            requires=("target", "dwm")),
+    Method("dwm-equal-time", lambda scenario, context: [*dwm_flags()(scenario, context),
+                                                        "--train-iters", str(equal_time_iters(context.train_iters))],
+           applies=lambda lab, scenario: lab in ("junk", "target"),
+           about=f"defaults, trained for uniform's wall-clock (its iterations / {DWM_STEP_COST})"),
 ]}
 # The DWM's defaults before docs/dwm.md's ablations, spelled out: a DWM phase of the first quarter of the
 # (single) stage, an update every iteration of it, Adam's preconditioner, the raw hypergradient, no clip.
 OLD_DEFAULTS = ("--dwm-update-iters", "30", "--dwm-update-interval", "1", "--dwm-fd-direction", "adam",
-                "--dwm-hypergradient-scaling", "raw", "--dwm-weight-clip", "0", "inf")
+                "--dwm-hypergradient-scaling", "raw", "--dwm-weight-clip", "0", "inf", "--dwm-lr", "1e-3")
+LR1E3 = ("--dwm-lr", "1e-3")  # the DWM's learning rate before the last change of defaults
 ALL_ALONG = ("--dwm-update-iters", "120")  # the whole run of full mode (FULL_TRAIN_ITERS)
 CLIP2, STD, GRAD = ("--dwm-weight-clip", "0", "2"), ("--dwm-hypergradient-scaling", "standardized"), \
     ("--dwm-fd-direction", "grad")
@@ -138,18 +155,24 @@ FORMER_TO_NEW = [
            about="former + all along, clip 0 2, every 8th step, standardized"),
 ]
 AROUND_DEFAULTS = [
-    Method("dwm-raw", dwm_flags("--dwm-hypergradient-scaling", "raw"), about="defaults, raw hypergradient"),
-    Method("dwm-noclip", dwm_flags("--dwm-weight-clip", "0", "inf"), about="defaults, no clip (0 inf)"),
-    Method("dwm-every-step", dwm_flags(*every(1)), about="defaults, update every step"),
-    Method("dwm-quarter-phase", dwm_flags("--dwm-update-iters", "30"),
-           about="defaults, DWM phase = first quarter (then frozen)"),
-    Method("dwm-every-2nd", dwm_flags(*every(2)), about="defaults, update every 2nd step"),
-    Method("dwm-lr3e-3", dwm_flags("--dwm-lr", "3e-3"), about="defaults, --dwm-lr 3e-3"),
+    Method("dwm-lr1e-3", dwm_flags(*LR1E3), about="defaults, --dwm-lr 1e-3 (the defaults before --dwm-lr 3e-3)"),
+    Method("dwm-lr1e-3-transfer", dwm_transfer_flags, applies=lambda lab, scenario: lab == TRANSFER,
+           requires=("target", "dwm-lr1e-3")),
+    Method("dwm-raw", dwm_flags(*LR1E3, "--dwm-hypergradient-scaling", "raw"),
+           about="defaults with --dwm-lr 1e-3, raw hypergradient"),
+    Method("dwm-noclip", dwm_flags(*LR1E3, "--dwm-weight-clip", "0", "inf"),
+           about="defaults with --dwm-lr 1e-3, no clip (0 inf)"),
+    Method("dwm-every-step", dwm_flags(*LR1E3, *every(1)), about="defaults with --dwm-lr 1e-3, update every step"),
+    Method("dwm-quarter-phase", dwm_flags(*LR1E3, "--dwm-update-iters", "30"),
+           about="defaults with --dwm-lr 1e-3, DWM phase = first quarter (then frozen)"),
+    Method("dwm-every-2nd", dwm_flags(*LR1E3, *every(2)), about="defaults with --dwm-lr 1e-3, update every 2nd step"),
+    Method("dwm-every-8th", dwm_flags(*every(8)), about="defaults, update every 8th step"),
 ]
 ABLATIONS = FORMER_TO_NEW + AROUND_DEFAULTS
 METHODS.update({method.name: method for method in ABLATIONS})
 # The ablation table's rows, in order: the way from the old defaults, the defaults, the variants around them.
-ABLATION_SETTINGS = {method.name: method.about for method in [*FORMER_TO_NEW, METHODS["dwm"], *AROUND_DEFAULTS]
+ABLATION_SETTINGS = {method.name: method.about for method in [*FORMER_TO_NEW, METHODS["dwm"], METHODS["dwm-equal-time"],
+                                                                  *AROUND_DEFAULTS]
                      if method.about}
 # The report's main tables and plots show the default methods and the old defaults; the other
 # ablations get a table of their own.
@@ -157,7 +180,7 @@ ABLATION_ONLY = {method.name for method in ABLATIONS} - {"dwm-old-defaults", "dw
 
 # The methods a lab runs unless told otherwise, in the order of the report's tables.
 DEFAULT_METHODS = ["uniform", DOMAIN_ORACLE, "data-oracle", "loss-linupper", "loss-quadratic", "loss-extremes",
-                   "dwm", "dwm-transfer"]
+                   "dwm", "dwm-equal-time", "dwm-transfer"]
 
 
 def grid_method_name(index: int) -> str:

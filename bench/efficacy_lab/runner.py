@@ -217,6 +217,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+PORT_RETRIES = 3  # restarts of a run that lost the port race, before it counts as failed
+
+
 def lost_port_race(log: Path) -> bool:
     """Whether a run failed only because another process took its port between free_port() and its bind."""
     return log.is_file() and "EADDRINUSE" in log.read_text(errors="replace")
@@ -249,7 +252,7 @@ class Lab:
     def command(self, run: Run) -> list[str]:
         directory, method = self.directory(run), get_method(run.method)
         source = run_dir(self.out, *method.requires, run.seed_index) / "checkpoints" if method.requires else None
-        context = RunContext(run.scenario, run.seed_index, directory, source)
+        context = RunContext(run.scenario, run.seed_index, directory, source, self.config.train_iters)
         command = [sys.executable, str(REPO / "pretrain_dwm.py"),
                    *self.config.flags(LAB_SCENARIOS[run.scenario].preset, run.seed_index,
                                       self.scenario(run).target_test_tokens),
@@ -324,6 +327,7 @@ class Lab:
         (self.out / "failures.txt").unlink(missing_ok=True)  # an earlier invocation's
         pending = [run for run in runs if not finished(self.out, run)]
         total, done, trained, running = len(runs), len(runs) - len(pending), 0, []
+        port_retries: dict[str, int] = {}  # run key -> restarts after losing the port race
         if done:
             self.say(f"{done} of {total} runs already finished in {self.out}; training the other {len(pending)}")
         start = heartbeat = time.monotonic()
@@ -331,8 +335,10 @@ class Lab:
             while pending or running:
                 for job in [job for job in running if job.process.poll() is not None]:
                     running.remove(job)
-                    if job.process.returncode != 0 and lost_port_race(self.directory(job.run) / "log.txt"):
+                    if (job.process.returncode != 0 and lost_port_race(self.directory(job.run) / "log.txt")
+                            and port_retries.get(job.run.key, 0) < PORT_RETRIES):
                         job.log.close()  # its free port was taken before it bound it: start it again
+                        port_retries[job.run.key] = port_retries.get(job.run.key, 0) + 1
                         running.append(self.start(job.run))
                         continue
                     done, trained = done + 1, trained + 1

@@ -3,6 +3,7 @@ runs, its run commands, and its report built from synthetic run records."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 from efficacy_lab import report, runner, stats  # noqa: E402
-from efficacy_lab.methods import DOMAIN_ORACLE, get_method  # noqa: E402
+from efficacy_lab.methods import DOMAIN_ORACLE, DWM_STEP_COST, get_method  # noqa: E402
 
 MS, SHARE, WEIGHT = stats.STEP_MS, stats.WEIGHT_SHARE_PREFIX, stats.WEIGHT_PREFIX
 
@@ -225,6 +226,23 @@ def test_run_commands(tmp_path):
         get_method("dwm-typo")
 
 
+def test_the_equal_time_dwm_trains_for_uniforms_wall_clock(tmp_path):
+    """dwm-equal-time: the default DWM with the lab's iterations divided by the DWM's step cost; the
+    trainer's parser takes its --train-iters (the last one given), and the whole schedule follows."""
+    from megatron_dwm.arguments import build_parser
+
+    config = runner.LabConfig(120)
+    lab = runner.Lab(tmp_path, config, {"junk": JUNK, "target": TARGET}, jobs=2)
+    command = lab.command(runner.Run("target", "dwm-equal-time", 0))
+    iterations = round(120 / DWM_STEP_COST)
+    parsed, _ = build_parser().parse_known_args(command[2:])
+    assert parsed.train_iters == iterations < 120 and parsed.weighting == "dwm"
+    assert command.count("--train-iters") == 2  # the lab's, then the method's
+    method = get_method("dwm-equal-time")
+    assert method.applies("junk", JUNK) and method.applies("target", TARGET)
+    assert not method.applies("duplicates", JUNK) and not method.applies("transfer", TARGET)
+
+
 def _result(out: Path, scenario: str, method: str, seed: int, records: list[dict]) -> None:
     directory = runner.run_dir(out, scenario, method, seed)
     directory.mkdir(parents=True)
@@ -391,5 +409,31 @@ def test_ablations_get_their_own_tables_and_stay_out_of_the_plots(tmp_path, monk
     assert "| dwm |" in main and "dwm-raw" not in main.split("![")[0]
     assert "| dwm-raw | 4.950 | -0.050 [" in ablations
     combined = text.split("## The DWM's ablations")[1]
-    assert "| dwm-raw | defaults, raw hypergradient | -0.050 [" in combined and "(2) |" in combined
+    assert "| dwm-raw | defaults with --dwm-lr 1e-3, raw hypergradient | -0.050 [" in combined and "(2) |" in combined
     assert "| dwm | defaults:" in combined
+
+
+def test_a_run_that_keeps_losing_the_port_race_fails_after_a_few_restarts(tmp_path, monkeypatch):
+    """A run whose rendezvous port is taken (EADDRINUSE) is started again, at most PORT_RETRIES
+    times; then it counts as failed and the lab goes on."""
+    lab = runner.Lab(tmp_path, runner.LabConfig(30), {"junk": JUNK, "target": TARGET}, jobs=1,
+                     console=io.StringIO())
+    starts = []
+
+    class PortTaken:
+        returncode = 1
+
+        def poll(self) -> int:
+            return 1
+
+    def start(run):
+        starts.append(run.key)
+        directory = lab.directory(run)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "log.txt").write_text("RuntimeError: ... EADDRINUSE (address already in use)\n")
+        return runner.Started(run, [], PortTaken(), open(directory / "log.txt", "a"), 0.0)
+
+    monkeypatch.setattr(lab, "start", start)
+    lab.train([runner.Run("junk", "uniform", 0)])
+    assert starts == ["junk/uniform/seed0"] * (1 + runner.PORT_RETRIES)
+    assert "junk/uniform/seed0" in lab.failures
