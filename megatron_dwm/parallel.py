@@ -186,3 +186,9 @@ def destroy_parallel() -> None:
     parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def print_rank0(message: str) -> None:
+    """Print on the world's rank 0 only (everywhere before the process group exists)."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(message, flush=True)

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch.distributed as dist
-
 from megatron_dwm.model.presets import LlamaArch
+from megatron_dwm.parallel import print_rank0
 from megatron_dwm.training import checkpointing
 from megatron_dwm.training.rng import RNG_KEY, rank_coordinates, sharded_rng_state
 
@@ -38,11 +37,6 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def print_rank0(message: str) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(message, flush=True)
 
 
 def check_checkpoints(args: argparse.Namespace) -> tuple[checkpointing.ResumePoint | None, Path | None]:

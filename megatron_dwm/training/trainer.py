@@ -20,11 +20,11 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_dwm.model.provider import build_llama_model, llama_transformer_config
-from megatron_dwm.parallel import ParallelContext
+from megatron_dwm.parallel import ParallelContext, print_rank0
 from megatron_dwm.platform import get_platform
 from megatron_dwm.training import checkpointing
 from megatron_dwm.training.build import build_optimizer, llm_arch, wrap_ddp
-from megatron_dwm.training.checkpoint_manager import DWM_COMPONENT, CheckpointManager, check_checkpoints, print_rank0
+from megatron_dwm.training.checkpoint_manager import DWM_COMPONENT, CheckpointManager, check_checkpoints
 from megatron_dwm.training.data_iterators import TrainingData
 from megatron_dwm.training.dwm_ranks import DWMRanksLink, remote_dwm
 from megatron_dwm.training.evaluation import evaluate
