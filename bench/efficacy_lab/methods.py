@@ -40,11 +40,20 @@ Flags = Callable[["Scenario", RunContext], list[str]]
 # (junk, target, duplicates; 5 seeds each) trained while the machine ran only the lab, from each run's
 # logged time per iteration (docs/results.md). "dwm-equal-time" trains for uniform's wall-clock.
 DWM_STEP_COST = 1.42
+# The same schedule's cost on an H200 (bench/gpu_check.py, docs/performance.md): "dwm-equal-time-h200"
+# trains for the wall-clock uniform would take there.
+DWM_STEP_COST_H200 = 1.26
 
 
-def equal_time_iters(train_iters: int) -> int:
+def equal_time_iters(train_iters: int, step_cost: float = DWM_STEP_COST) -> int:
     """The default DWM's iterations in the wall-clock of `train_iters` uniform iterations."""
-    return round(train_iters / DWM_STEP_COST)
+    return round(train_iters / step_cost)
+
+
+def equal_time_flags(step_cost: float) -> Flags:
+    """The default DWM trained for `train_iters / step_cost` iterations, with its whole schedule."""
+    return lambda scenario, context: [*dwm_flags()(scenario, context),
+                                      "--train-iters", str(equal_time_iters(context.train_iters, step_cost))]
 
 
 def pretraining_scenario(lab_scenario: str, scenario: Scenario) -> bool:
@@ -106,10 +115,12 @@ METHODS: dict[str, Method] = {method.name: method for method in [
            about="defaults: all along, every 4th step, grad, standardized, clip 0 2, --dwm-lr 3e-3"),
     Method("dwm-transfer", dwm_transfer_flags, applies=lambda lab, scenario: lab == TRANSFER,
            requires=("target", "dwm")),
-    Method("dwm-equal-time", lambda scenario, context: [*dwm_flags()(scenario, context),
-                                                        "--train-iters", str(equal_time_iters(context.train_iters))],
-           applies=lambda lab, scenario: lab in ("junk", "target"),
+    Method("dwm-equal-time", equal_time_flags(DWM_STEP_COST), applies=lambda lab, scenario: lab in ("junk", "target"),
            about=f"defaults, trained for uniform's wall-clock (its iterations / {DWM_STEP_COST})"),
+    Method("dwm-equal-time-h200", equal_time_flags(DWM_STEP_COST_H200),
+           applies=lambda lab, scenario: lab in ("junk", "target"),
+           about=f"defaults, trained for uniform's wall-clock at the H200's step cost (its iterations / "
+                 f"{DWM_STEP_COST_H200})"),
 ]}
 # The DWM's defaults before docs/dwm.md's ablations, spelled out: a DWM phase of the first quarter of the
 # (single) stage, an update every iteration of it, Adam's preconditioner, the raw hypergradient, no clip.
@@ -172,7 +183,7 @@ ABLATIONS = FORMER_TO_NEW + AROUND_DEFAULTS
 METHODS.update({method.name: method for method in ABLATIONS})
 # The ablation table's rows, in order: the way from the old defaults, the defaults, the variants around them.
 ABLATION_SETTINGS = {method.name: method.about for method in [*FORMER_TO_NEW, METHODS["dwm"], METHODS["dwm-equal-time"],
-                                                                  *AROUND_DEFAULTS]
+                                                                  METHODS["dwm-equal-time-h200"], *AROUND_DEFAULTS]
                      if method.about}
 # The report's main tables and plots show the default methods and the old defaults; the other
 # ablations get a table of their own.
@@ -180,7 +191,7 @@ ABLATION_ONLY = {method.name for method in ABLATIONS} - {"dwm-old-defaults", "dw
 
 # The methods a lab runs unless told otherwise, in the order of the report's tables.
 DEFAULT_METHODS = ["uniform", DOMAIN_ORACLE, "data-oracle", "loss-linupper", "loss-quadratic", "loss-extremes",
-                   "dwm", "dwm-equal-time", "dwm-transfer"]
+                   "dwm", "dwm-equal-time", "dwm-equal-time-h200", "dwm-transfer"]
 
 
 def grid_method_name(index: int) -> str:

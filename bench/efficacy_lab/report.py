@@ -18,8 +18,8 @@ from megatron_dwm.analysis.run_summary import format_duration
 from megatron_dwm.training.metrics import read_metrics
 
 from . import stats
-from .methods import (ABLATION_ONLY, ABLATION_SETTINGS, DEFAULT_METHODS, DOMAIN_ORACLE, DWM_STEP_COST, GRID_PREFIX,
-                      grid_method_name)
+from .methods import (ABLATION_ONLY, ABLATION_SETTINGS, DEFAULT_METHODS, DOMAIN_ORACLE, DWM_STEP_COST,
+                      DWM_STEP_COST_H200, GRID_PREFIX, grid_method_name)
 from .runner import RESULT, SELECTION, run_dir
 
 BASELINE = "uniform"
@@ -276,7 +276,8 @@ def markdown(report: dict[str, Any]) -> str:
              f"dwm-equal-time is the default DWM trained for uniform's wall-clock from the start (its "
              f"iterations: uniform's / {DWM_STEP_COST}, the DWM's measured step-time ratio, with its whole "
              "learning-rate schedule), so its Δ vs uniform is the equal-wall-clock comparison of a user with a "
-             "fixed time budget. Uniform tokens to reach: the tokens uniform needed for the method's final loss, as a "
+             f"fixed time budget; dwm-equal-time-h200 the same at the schedule's cost on an H200 ("
+             f"{DWM_STEP_COST_H200}). Uniform tokens to reach: the tokens uniform needed for the method's final loss, as a "
              "ratio to the method's tokens (median over seeds). Weight share: the domain's share of the total "
              "sample weight, mean over the run / at the end (uniform's is the domain's share of the data). Mean "
              "ESS: the effective sample size (sum w)^2 / sum w^2 of each global batch, mean over the run "

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 from efficacy_lab import report, runner, stats  # noqa: E402
-from efficacy_lab.methods import DOMAIN_ORACLE, DWM_STEP_COST, get_method  # noqa: E402
+from efficacy_lab.methods import DOMAIN_ORACLE, DWM_STEP_COST, DWM_STEP_COST_H200, get_method  # noqa: E402
 
 MS, SHARE, WEIGHT = stats.STEP_MS, stats.WEIGHT_SHARE_PREFIX, stats.WEIGHT_PREFIX
 
@@ -226,19 +226,21 @@ def test_run_commands(tmp_path):
         get_method("dwm-typo")
 
 
-def test_the_equal_time_dwm_trains_for_uniforms_wall_clock(tmp_path):
-    """dwm-equal-time: the default DWM with the lab's iterations divided by the DWM's step cost; the
-    trainer's parser takes its --train-iters (the last one given), and the whole schedule follows."""
+@pytest.mark.parametrize("name, step_cost", [("dwm-equal-time", DWM_STEP_COST),
+                                              ("dwm-equal-time-h200", DWM_STEP_COST_H200)])
+def test_the_equal_time_dwm_trains_for_uniforms_wall_clock(tmp_path, name, step_cost):
+    """dwm-equal-time(-h200): the default DWM with the lab's iterations divided by the DWM's step cost;
+    the trainer's parser takes its --train-iters (the last one given), and the whole schedule follows."""
     from megatron_dwm.arguments import build_parser
 
     config = runner.LabConfig(120)
     lab = runner.Lab(tmp_path, config, {"junk": JUNK, "target": TARGET}, jobs=2)
-    command = lab.command(runner.Run("target", "dwm-equal-time", 0))
-    iterations = round(120 / DWM_STEP_COST)
+    command = lab.command(runner.Run("target", name, 0))
+    iterations = round(120 / step_cost)
     parsed, _ = build_parser().parse_known_args(command[2:])
     assert parsed.train_iters == iterations < 120 and parsed.weighting == "dwm"
     assert command.count("--train-iters") == 2  # the lab's, then the method's
-    method = get_method("dwm-equal-time")
+    method = get_method(name)
     assert method.applies("junk", JUNK) and method.applies("target", TARGET)
     assert not method.applies("duplicates", JUNK) and not method.applies("transfer", TARGET)
 
