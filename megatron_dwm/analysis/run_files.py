@@ -17,10 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from megatron_dwm.training.metrics import read_metrics
-
-METRICS_NAME = "metrics.jsonl"
-SAMPLES_NAME = "dwm_samples.jsonl"
+from megatron_dwm.training.metrics import METRICS_FILE, SAMPLES_FILE, read_metrics
 ANALYSIS_DIR = "analysis"
 WHAT_TO_NAME = "a run directory, its TensorBoard directory or its metrics.jsonl"
 
@@ -58,17 +55,17 @@ def find_metrics(path: Path) -> Path:
         return path
     if not path.is_dir():
         raise AnalysisError(f"{path}: not found (expected {WHAT_TO_NAME})")
-    for candidate in (path / METRICS_NAME, path / "tensorboard" / METRICS_NAME):
+    for candidate in (path / METRICS_FILE, path / "tensorboard" / METRICS_FILE):
         if candidate.is_file():
             return candidate
-    found = sorted(p for p in path.glob(f"*/{METRICS_NAME}") if p.is_file())
+    found = sorted(p for p in path.glob(f"*/{METRICS_FILE}") if p.is_file())
     if len(found) > 1:
         raise AnalysisError(f"{path}: several metrics files ({', '.join(map(str, found))}); name the one to "
                             "analyse, or pass --metrics PATH")
     if not found:
-        searched = ", ".join(str(p) for p in (path / METRICS_NAME, path / "tensorboard" / METRICS_NAME,
-                                              path / "*" / METRICS_NAME))
-        raise AnalysisError(f"{path}: no {METRICS_NAME} found (searched {searched}); name {WHAT_TO_NAME} "
+        searched = ", ".join(str(p) for p in (path / METRICS_FILE, path / "tensorboard" / METRICS_FILE,
+                                              path / "*" / METRICS_FILE))
+        raise AnalysisError(f"{path}: no {METRICS_FILE} found (searched {searched}); name {WHAT_TO_NAME} "
                             "(the trainer's --metrics-file, else --tensorboard-dir or --save holds it), "
                             "or pass --metrics PATH")
     return found[0]
@@ -88,7 +85,7 @@ def run_files(run: Path | None = None, metrics: Path | None = None, samples: Pat
             raise AnalysisError(f"{flag} {path}: file not found")
     metrics = metrics or find_metrics(run)
     default_out = run / ANALYSIS_DIR if run is not None and run.is_dir() else metrics.parent / ANALYSIS_DIR
-    return RunFiles(metrics, samples or metrics.parent / SAMPLES_NAME, out or default_out)
+    return RunFiles(metrics, samples or metrics.parent / SAMPLES_FILE, out or default_out)
 
 
 # ---------------------------------------------------------------- reading

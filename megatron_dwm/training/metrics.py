@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+# The run's metrics file (unless --metrics-file names another) and, beside it, the per-sample weights.
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "dwm_samples.jsonl"
 # GPU memory high-water mark since the start of the run, logged on GPUs only.
 PEAK_MEMORY_METRIC = "max memory allocated (GiB)"
 # Scalars measured with the wall clock (or the allocator): the only ones two runs of the same steps
@@ -76,7 +79,6 @@ class DomainTotals:
 
     def domain_means(self, names: list[str]) -> dict[str, float]:
         return {name: float(self.sums[i] / self.counts[i]) for i, name in enumerate(names) if self.counts[i] > 0}
-
 
 
 class MetricsWriter:

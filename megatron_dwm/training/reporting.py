@@ -21,8 +21,9 @@ import torch
 
 from megatron_dwm.platform import Platform
 from megatron_dwm.training.flops import model_flops_utilization
-from megatron_dwm.training.metrics import (PEAK_MEMORY_METRIC, DomainTotals, MetricsWriter, format_log_line,
-                                          schedule_scalars, set_aside_records_after, superseded_path)
+from megatron_dwm.training.metrics import (METRICS_FILE, PEAK_MEMORY_METRIC, SAMPLES_FILE, DomainTotals, MetricsWriter,
+                                          format_log_line, schedule_scalars, set_aside_records_after,
+                                          superseded_path)
 from megatron_dwm.training.weight_stats import WEIGHT_PREFIX
 
 
@@ -83,13 +84,13 @@ def metrics_path(args: argparse.Namespace) -> str | None:
     if args.metrics_file:
         return args.metrics_file
     directory = args.tensorboard_dir or args.save
-    return os.path.join(directory, "metrics.jsonl") if directory else None
+    return os.path.join(directory, METRICS_FILE) if directory else None
 
 
 def samples_log_path(args: argparse.Namespace) -> str | None:
     """dwm_samples.jsonl, beside the metrics file (the weighting policy's per-sample weights)."""
     path = metrics_path(args)
-    return os.path.join(os.path.dirname(os.path.abspath(path)), "dwm_samples.jsonl") if path else None
+    return os.path.join(os.path.dirname(os.path.abspath(path)), SAMPLES_FILE) if path else None
 
 
 @dataclass(frozen=True)

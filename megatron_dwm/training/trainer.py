@@ -68,6 +68,7 @@ class Trainer:
         self.scheduler = build_scheduler(args, self.optimizer)
         self.loss = WeightedLoss(args.loss_kernel, self.device)
         self.llm = LLM(self.model, self.optimizer, self.scheduler, self.loss, args.global_batch_size)
+        self.finite_difference = FiniteDifferenceSettings(args.dwm_fd_direction, args.dwm_fd_radius)
         self.is_logging_rank = context.rank == context.leader  # last stage, as Megatron
         self.dwm_ranks = DWMRanksLink(args, context) if context.layout.dwm_ranks else None
         self.checkpoints = CheckpointManager(self.model, self.optimizer, self.arch)
@@ -146,8 +147,7 @@ class Trainer:
         """One global batch (:func:`train_iteration`), then the progress counters."""
         args, progress = self.args, self.progress
         result = train_iteration(self.llm, self.weighting, self.data.next_global_batch(self.data.train),
-                                 progress.iteration, self._agree, self._next_dwm_valid_batch,
-                                 FiniteDifferenceSettings(args.dwm_fd_direction, args.dwm_fd_radius))
+                                 progress.iteration, self._agree, self._next_dwm_valid_batch, self.finite_difference)
         progress.iteration += 1
         progress.consumed_train_samples += args.global_batch_size
         progress.skipped_iterations += int(result.decision.nonfinite)

@@ -25,6 +25,7 @@ from megatron_dwm.dwm.model import (DataWeightingModel, DWMConfig, dwm_config_fr
 from megatron_dwm.dwm.schedule import StageSchedule
 from megatron_dwm.training.weight_stats import WeightLog
 
+
 def weight_clip_bounds(args: argparse.Namespace) -> tuple[float, float] | None:
     """--dwm-weight-clip as DWMConfig's bounds: None for "0 inf" (no clip); an infinite MAX becomes the
     global batch size, which no weight of mean-1 weights can exceed."""
