@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 	  "$(PYTHON)" -m venv $(VENV); \
 	  $(PY) -m pip install -q --upgrade pip; \
-	  $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==$(TORCH_VERSION); \
+	  $(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q --no-cache-dir torch==$(TORCH_VERSION); \
 	fi
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
