@@ -9,11 +9,12 @@ lost peer and never goes on with stale weights.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import pickle
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -60,9 +61,11 @@ class Channel:
         """Send each (destination, message), all in flight together; returns when all are delivered."""
         works = []
         for dst, message in messages:
-            works += [(dst, message.command, dist.isend(part, dst, group=self.group)) for part in _encode(message)]
+            with self._failure_names(dst, f"sending {message.command.name} to", self.timeout):
+                works += [(dst, message.command, dist.isend(part, dst, group=self.group)) for part in _encode(message)]
         for dst, command, work in works:
-            self._wait(work, dst, f"sending {command.name} to")
+            with self._failure_names(dst, f"sending {command.name} to", self.timeout):
+                work.wait(timeout=datetime.timedelta(seconds=self.timeout))
 
     def receive(self, src: int, timeout: float | None = None, expect: Command | None = None) -> Message:
         header = torch.zeros(4, dtype=torch.int64)
@@ -81,12 +84,16 @@ class Channel:
         return message
 
     def _recv(self, tensor: torch.Tensor, src: int, timeout: float | None) -> None:
-        self._wait(dist.irecv(tensor, src, group=self.group), src, "waiting for", timeout)
-
-    def _wait(self, work, peer: int, doing: str, timeout: float | None = None) -> None:
         limit = self.timeout if timeout is None else timeout
+        with self._failure_names(src, "waiting for", limit):
+            dist.irecv(tensor, src, group=self.group).wait(timeout=datetime.timedelta(seconds=limit))
+
+    @contextlib.contextmanager
+    def _failure_names(self, peer: int, doing: str, limit: float) -> Iterator[None]:
+        """Turn a transport error into an ExchangeError naming `peer`: raised by the wait, or at once
+        by isend/irecv when gloo already knows that the peer's connection has closed."""
         try:
-            work.wait(timeout=datetime.timedelta(seconds=limit))
+            yield
         except RuntimeError as error:
             raise ExchangeError(f"{doing} {self.describe(peer)} failed (time limit {limit:.0f} s): "
                                 f"{_first_line(error)}") from None

@@ -88,7 +88,10 @@ class RemoteDWM:
 
     def apply_hypergradient(self, hypergradient: torch.Tensor) -> None:
         if self.is_leader:
-            self.channel.send_many(self.dwm_ranks, Message(Command.UPDATE, self.iteration, hypergradient))
+            try:
+                self.channel.send_many(self.dwm_ranks, Message(Command.UPDATE, self.iteration, hypergradient))
+            except ExchangeError as error:
+                raise _lost(f"no DWM update at iteration {self.iteration + 1}", error) from None
 
     def _receive(self, src: int, command: Command, iteration: int) -> Message:
         try:
@@ -104,5 +107,9 @@ class RemoteDWM:
 def _no_weights(iteration: int, error: ExchangeError) -> ExchangeError:
     """The error of a training rank that could not get the weights of `iteration` (0-based: the
     iterations done before it) from a DWM rank; it names the iteration as the log lines do."""
-    return ExchangeError(f"no weights for iteration {iteration + 1}: {error}. The training ranks stop rather than "
-                         "train on stale weights; see that rank's log (--dwm-exchange-timeout sets the time limit)")
+    return _lost(f"no weights for iteration {iteration + 1}", error)
+
+
+def _lost(what: str, error: ExchangeError) -> ExchangeError:
+    return ExchangeError(f"{what}: {error}. The training ranks stop rather than train on stale weights; "
+                         "see that rank's log (--dwm-exchange-timeout sets the time limit)")

@@ -90,7 +90,8 @@ def test_dwm_rank_matches_colocated_dwm(layout, threads, corpus, tmp_path):
 def _no_weights_errors(log: str, rank: int, dwm_rank: int, timeout: int) -> list[tuple[str, str]]:
     """(iteration, the transport's reason) of each documented error line of a training rank that
     got no weights from `dwm_rank` (docs/dwm.md, "Failures")."""
-    pattern = (rf"^error: rank {rank}: no weights for iteration (\d+): (?:waiting for|sending REQUEST to) "
+    pattern = (rf"^error: rank {rank}: (?:no weights for|no DWM update at) iteration (\d+): "
+               rf"(?:waiting for|sending (?:REQUEST|UPDATE) to) "
                rf"DWM rank {dwm_rank} failed \(time limit {timeout} s\): (.+)\. The training ranks stop rather than "
                r"train on stale weights; see that rank's log \(--dwm-exchange-timeout sets the time limit\)$")
     return re.findall(pattern, log, flags=re.MULTILINE)
