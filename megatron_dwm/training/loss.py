@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 import torch
+import torch.distributed as dist
 
 from megatron_dwm.ops import per_sample_cross_entropy, resolve_loss_kernel, weighted_cross_entropy
 
@@ -32,10 +33,24 @@ def resolve_weights(weights: "SampleWeights", losses: torch.Tensor | None) -> to
     return weights(losses.detach()).detach() if callable(weights) else weights.detach()
 
 
-def per_sample_loss(per_token: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Masked mean over each sample's tokens, in fp32: [b, s] -> [b] (0 for a fully masked sample)."""
+def per_sample_loss(per_token: torch.Tensor, loss_mask: torch.Tensor,
+                    context_parallel_group: "dist.ProcessGroup | None" = None) -> torch.Tensor:
+    """Masked mean over each sample's tokens, in fp32: [b, s] -> [b] (0 for a fully masked sample).
+
+    Under context parallelism this rank holds a part of each sample's tokens (megatron-core's
+    zigzag split): the sums and token counts are all-reduced over `context_parallel_group`, so every
+    rank of the group gets the whole sample's mean, and the gradient flows to this rank's tokens
+    only, each with the whole sample's ``m_t / sum_t m_t``: summed over the group, the gradients are
+    those of the unsplit sequence.
+    """
     mask = loss_mask.float()
-    return (per_token.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    sums, counts = (per_token.float() * mask).sum(dim=1), mask.sum(dim=1)
+    if context_parallel_group is not None and dist.get_world_size(context_parallel_group) > 1:
+        totals = torch.stack([sums.detach(), counts])
+        dist.all_reduce(totals, group=context_parallel_group)
+        sums = sums + (totals[0] - sums.detach())  # the whole sample's sum; the gradient of this rank's part
+        counts = totals[1]
+    return sums / counts.clamp(min=1.0)
 
 
 class WeightedLoss:
