@@ -7,6 +7,7 @@ Every flag is checked before any process group is created or any data is read.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from megatron_dwm.library_warnings import quiet_library_messages
 quiet_library_messages()  # first: torch and megatron-core warn as they are imported
 
 from megatron_dwm.arguments import ConfigError, parse_args  # noqa: E402 - light: no torch, no megatron-core
+from megatron_dwm.megatron_flags import ignored_flags_notice  # noqa: E402 - light too
 
 ARGUMENT_ERROR_EXIT_CODE = 2  # argparse's
 START_UP_ERROR_EXIT_CODE = 1  # a checkpoint --load or --dwm-load cannot use, --save would overwrite, ...
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv, world_size=int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1"))))
     except ConfigError as error:
         exit_on_argument_error(str(error))
+    report_ignored_flags(args)
 
     logging.basicConfig(level=args.logging_level)
     logging.getLogger("megatron").setLevel(args.logging_level)
@@ -63,6 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher (torchrun or srun) numbers it, before any process group."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def report_ignored_flags(args: argparse.Namespace) -> None:
+    """Name the Megatron-LM flags given that have no effect here: one line, from rank 0 only."""
+    notice = ignored_flags_notice(args)
+    if notice and launch_rank() == 0:
+        print(notice, flush=True)
+
+
 def report_run_error(text: str) -> NoReturn:
     """A fault met while training (a lost peer rank, non-finite steps): each rank that meets it says
     so in its own log, naming itself, and torchrun's summary shows it as the job's root cause (its
@@ -82,7 +97,7 @@ def exit_on_argument_error(message: str) -> NoReturn:
     it. Under torchrun the error goes to the rank's error file, so that the launcher's failure
     summary shows it under "Root Cause", its last lines; otherwise to stderr.
     """
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    rank = launch_rank()
     _report_once(f"pretrain_dwm.py: error: {message}" + ("" if rank == 0 else f" (rank {rank})"), rank)
     sys.exit(ARGUMENT_ERROR_EXIT_CODE)
 

@@ -1,5 +1,7 @@
 """Command-line flags (Megatron-LM's names wherever Megatron has the flag), validated up front.
 
+Megatron-LM's other flags are accepted, ignored or refused by :mod:`megatron_dwm.megatron_flags`.
+
 `parse_args` reports every inconsistency at once, naming the flags at fault, before any process
 group is created or any data is read: a ConfigError whose message lists them, values outside their
 flag's range (NUMERIC_RANGES) first. The checks live in :mod:`megatron_dwm.config_checks`.
@@ -13,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from dataclasses import dataclass
 from typing import NoReturn, Sequence
 
+from megatron_dwm.megatron_flags import add_megatron_flags
 from megatron_dwm.model.presets import PRESETS, LlamaArch, get_preset
 
 MODEL_SHAPE_FLAGS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
                      "num_query_groups", "kv_channels", "max_position_embeddings", "vocab_size")
+MODEL_RECIPE_FLAGS = ("rotary_base", "norm_epsilon", "untie_embeddings_and_output_weights")  # the preset's if None
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root", "WSD")
 # megatron_dwm.data.tokenizer.TOKENIZER_TYPES, which imports megatron-core (tests check they agree)
 WEIGHTINGS = ("uniform", "domain", "loss", "dwm")  # megatron_dwm.training.policies, DESIGN.md section 9
@@ -69,6 +74,9 @@ BETA = Range(0, 1, high_open=True)
 # each of them checked; relations between flags are checked after these ranges (config_checks).
 NUMERIC_RANGES: dict[str, Range] = {
     **dict.fromkeys(MODEL_SHAPE_FLAGS, AT_LEAST_1),
+    "rotary_base": AT_LEAST_1,
+    "norm_epsilon": POSITIVE,
+    "init_method_std": POSITIVE,
     "make_vocab_size_divisible_by": AT_LEAST_1,
     "seq_length": AT_LEAST_1,
     "tensor_model_parallel_size": AT_LEAST_1,
@@ -86,6 +94,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "min_lr": AT_LEAST_0,
     "lr_decay_iters": AT_LEAST_1,
     "lr_warmup_iters": AT_LEAST_0,
+    "lr_warmup_fraction": Range(0, 1, high_open=True),
     "lr_warmup_init": AT_LEAST_0,
     "lr_wsd_decay_iters": AT_LEAST_1,
     "weight_decay": AT_LEAST_0,
@@ -129,7 +138,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 class _HelpFormatter(argparse.HelpFormatter):
-    """Ends each flag's help with its default, unless that is None or off, or the help gives it."""
+    """Ends each flag's help with its default, unless that is None or off, or the help gives it;
+    wraps lines between words only, never inside a flag's name."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -153,11 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hidden-size", type=int, help="transformer hidden size")
     model.add_argument("--ffn-hidden-size", type=int, help="SwiGLU inner size")
     model.add_argument("--num-attention-heads", type=int, help="number of query heads")
+    model.add_argument("--group-query-attention", action="store_true",
+                       help="grouped-query attention with --num-query-groups groups (1 if not given, as Megatron-LM)")
     model.add_argument("--num-query-groups", type=int,
-                       help="number of key/value heads (grouped-query attention); default: as many as heads")
+                       help="number of key/value heads (grouped-query attention, with or without "
+                            "--group-query-attention); default: the preset's")
     model.add_argument("--kv-channels", type=int, help="head dimension; default hidden size / heads")
     model.add_argument("--max-position-embeddings", type=int, help="longest sequence RoPE is built for")
     model.add_argument("--vocab-size", type=int, help="vocabulary size (default: from the tokenizer)")
+    model.add_argument("--rotary-base", type=int, help="RoPE base (default: the preset's, 10000)")
+    model.add_argument("--norm-epsilon", type=float, help="RMSNorm epsilon (default: the preset's, 1e-5)")
+    model.add_argument("--untie-embeddings-and-output-weights", action="store_true", default=None,
+                       help="separate input embedding and output layer (as every preset has them)")
+    model.add_argument("--init-method-std", type=float, default=0.02,
+                       help="standard deviation of the initial weights")
     model.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                        help="pad the vocabulary to a multiple of this x TP (as Megatron-LM)")
     model.add_argument("--seq-length", type=int, default=256, help="training sequence length")
@@ -201,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr-decay-iters", type=int, default=None,
                        help="iterations over which the learning rate decays (default: --train-iters)")
     optim.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warm-up iterations")
+    optim.add_argument("--lr-warmup-fraction", type=float, default=None,
+                       help="warm up over this fraction of --lr-decay-iters instead (as Megatron-LM)")
     optim.add_argument("--lr-warmup-init", type=float, default=0.0, help="learning rate at the start of warm-up")
     optim.add_argument("--lr-wsd-decay-iters", type=int, default=None,
                        help="iterations of the final decay of the WSD schedule")
@@ -313,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     logging.add_argument("--metrics-file", default=None,
                          help="JSON-lines metrics log (default: metrics.jsonl in --tensorboard-dir, "
                               "else in --save)")
+    add_megatron_flags(parser)
     return parser
 
 
@@ -326,7 +355,11 @@ def parse_args(argv: Sequence[str] | None = None, world_size: int | None = None)
 
 
 def model_arch(args: argparse.Namespace, default_vocab_size: int | None = None) -> LlamaArch:
-    """The preset with the explicit shape flags applied; `default_vocab_size` (the tokenizer's) is
-    the vocabulary where --vocab-size is not given."""
+    """The preset with the explicit model flags applied; `default_vocab_size` (the tokenizer's) is
+    the vocabulary where --vocab-size is not given. --group-query-attention without
+    --num-query-groups means one group, as in Megatron-LM."""
     preset = get_preset(args.model_preset).with_overrides(vocab_size=default_vocab_size)
-    return preset.with_overrides(**{k: getattr(args, k) for k in MODEL_SHAPE_FLAGS})
+    overrides = {k: getattr(args, k, None) for k in (*MODEL_SHAPE_FLAGS, *MODEL_RECIPE_FLAGS)}
+    if getattr(args, "group_query_attention", False) and overrides["num_query_groups"] is None:
+        overrides["num_query_groups"] = 1
+    return preset.with_overrides(**overrides)

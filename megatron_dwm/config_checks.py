@@ -14,7 +14,8 @@ import math
 import os
 from typing import Callable
 
-from megatron_dwm.arguments import MODEL_SHAPE_FLAGS, NUMERIC_RANGES, ConfigError, model_arch
+from megatron_dwm.arguments import MODEL_RECIPE_FLAGS, MODEL_SHAPE_FLAGS, NUMERIC_RANGES, ConfigError, model_arch
+from megatron_dwm.megatron_flags import megatron_flag_problems
 from megatron_dwm.path_checks import data_problems, output_problems, train_dataset_count
 from megatron_dwm.rank_layout import RankLayout
 
@@ -22,8 +23,9 @@ Valid = Callable[..., bool]  # valid(*flag destinations): all of them in range
 
 
 def validate_args(args: argparse.Namespace, world_size: int | None = None) -> None:
-    """Fill in derived values (global batch, decay iterations, weighting, DWM phase, DWM validation
-    batch), then raise ConfigError listing every inconsistency, out-of-range values first."""
+    """Fill in derived values (global batch, decay and warm-up iterations, weighting, DWM phase, DWM
+    validation batch), then raise ConfigError listing every inconsistency, out-of-range values first,
+    then Megatron-LM flags refused here."""
     if world_size is None:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     out_of_range = range_problems(args)
@@ -33,8 +35,9 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
 
     layout = _rank_layout(args, world_size, valid)
     dp = _data_parallel_size(layout, valid)
-    problems = [*out_of_range.values(), *_model_problems(args, valid), *(layout.problems() if layout else [])]
-    conflict = _weighting_conflict(args)  # --dwm-disable as given, before the weighting is filled in
+    problems = [*out_of_range.values(), *megatron_flag_problems(args), *_model_problems(args, valid),
+                *(layout.problems() if layout else [])]
+    conflict = [*_weighting_conflict(args), *_warmup_conflict(args)]  # the flags as given, before filling in
     fill_defaults(args, dp, valid)
     problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict,
                  *_weighting_problems(args, valid), *_dwm_problems(args, dp, valid), *data_problems(args),
@@ -61,12 +64,17 @@ def range_problems(args: argparse.Namespace) -> dict[str, str]:
 
 
 def fill_defaults(args: argparse.Namespace, data_parallel_size: int | None, valid: Valid) -> None:
-    """Fill in what was left to derive: global batch, decay iterations, the weighting (and
-    ``dwm_disable`` when it is not the DWM, so every --dwm-* flag is then unused), the DWM's defaults."""
+    """Fill in what was left to derive: global batch, decay iterations, warm-up iterations from
+    --lr-warmup-fraction, the weighting (and ``dwm_disable`` when it is not the DWM, so every --dwm-*
+    flag is then unused), the DWM's defaults."""
     if data_parallel_size is not None and args.global_batch_size is None:
         args.global_batch_size = args.micro_batch_size * data_parallel_size
     if args.lr_decay_iters is None and valid("train_iters"):
         args.lr_decay_iters = args.train_iters
+    if args.lr_warmup_fraction is not None and args.lr_warmup_iters == 0 \
+            and valid("lr_warmup_fraction", "lr_decay_iters", "train_iters"):
+        # Megatron-LM's warm-up, exactly: the schedule counts samples, so a fraction of an iteration counts
+        args.lr_warmup_iters = args.lr_warmup_fraction * args.lr_decay_iters
     if args.weighting is None:
         args.weighting = "uniform" if args.dwm_disable else "domain" if args.domain_weights is not None else "dwm"
     args.dwm_disable = args.weighting != "dwm"
@@ -115,7 +123,8 @@ def _data_parallel_size(layout: RankLayout | None, valid: Valid) -> int | None:
 
 def _model_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
     """The model's shape against the parallel layout and the sequence length."""
-    if not valid(*MODEL_SHAPE_FLAGS, "tensor_model_parallel_size", "pipeline_model_parallel_size", "seq_length"):
+    if not valid(*MODEL_SHAPE_FLAGS, *MODEL_RECIPE_FLAGS, "tensor_model_parallel_size", "pipeline_model_parallel_size",
+                 "seq_length"):
         return []
     try:
         arch = model_arch(args)
@@ -183,6 +192,14 @@ def _weighting_conflict(args: argparse.Namespace) -> list[str]:
         return []
     return [f"--dwm-disable means --weighting uniform, but --weighting {args.weighting} is given: "
             "keep one of them"]
+
+
+def _warmup_conflict(args: argparse.Namespace) -> list[str]:
+    """--lr-warmup-fraction against --lr-warmup-iters (the flags as given; Megatron-LM takes one)."""
+    if args.lr_warmup_fraction is None or args.lr_warmup_iters == 0:
+        return []
+    return [f"--lr-warmup-fraction {args.lr_warmup_fraction} and --lr-warmup-iters {args.lr_warmup_iters} both set "
+            "the warm-up: keep one of them"]
 
 
 def _weighting_problems(args: argparse.Namespace, valid: Valid) -> list[str]:

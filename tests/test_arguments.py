@@ -13,21 +13,9 @@ import pytest
 
 from megatron_dwm.arguments import NUMERIC_RANGES, ConfigError, build_parser, model_arch, parse_args
 from megatron_dwm.config_checks import validate_args
+from tests.argument_fixtures import data_flags, single_process  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _single_process(monkeypatch):
-    """A process of its own, whatever launched the tests: rank 0, under no launcher."""
-    for variable in ("RANK", "SLURM_PROCID", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_ERROR_FILE"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def data_flags(corpus) -> list[str]:
-    return ["--dwm-disable", "--data-path", *corpus["data_path"], "--tokenizer-type", "HuggingFaceTokenizer",
-            "--tokenizer-model", str(corpus["tokenizer"])]
 
 
 @pytest.fixture
@@ -179,6 +167,7 @@ ZERO_IS_VALID = {
     "--num-workers", "--eval-iters", "--logging-level", "--ckpt-step",
     "--domain-weights",  # 0 drops a dataset from the loss
     "--loss-weighting-warmup-iters",
+    "--lr-warmup-fraction",  # 0: no warm-up
 }
 VALID_ZERO_ARGV = {"--dwm-weight-clip": ["--dwm-weight-clip", "0", "2"]}
 
