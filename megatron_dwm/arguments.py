@@ -86,6 +86,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "micro_batch_size": AT_LEAST_1,
     "global_batch_size": AT_LEAST_1,
     "train_iters": AT_LEAST_1,
+    "train_samples": AT_LEAST_1,
     "seed": Range(0, 2**31 - 1),  # numpy seeds stop at 2**32 - 1, and per-rank offsets are added
     "exit_interval": AT_LEAST_1,
     "exit_duration_in_mins": POSITIVE,
@@ -97,6 +98,9 @@ NUMERIC_RANGES: dict[str, Range] = {
     "lr_warmup_fraction": Range(0, 1, high_open=True),
     "lr_warmup_init": AT_LEAST_0,
     "lr_wsd_decay_iters": AT_LEAST_1,
+    "lr_decay_samples": AT_LEAST_1,
+    "lr_warmup_samples": AT_LEAST_0,
+    "lr_wsd_decay_samples": AT_LEAST_1,
     "weight_decay": AT_LEAST_0,
     "clip_grad": AT_LEAST_0,  # 0: no clipping
     "adam_beta1": BETA,
@@ -207,7 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--micro-batch-size", type=int, default=1, help="samples per micro-batch per DP rank")
     training.add_argument("--global-batch-size", type=int, default=None,
                           help="samples per optimizer step over all DP ranks (default: micro batch x DP)")
-    training.add_argument("--train-iters", type=int, default=10, help="optimizer steps to run in total")
+    training.add_argument("--train-iters", type=int, default=None,
+                          help="optimizer steps to run in total (default: 10, or --train-samples / global batch)")
+    training.add_argument("--train-samples", type=int, default=None,
+                          help="samples to train on instead of --train-iters (as Megatron-LM: the run is "
+                               "--train-samples // global batch iterations, and the schedule counts samples)")
     training.add_argument("--seed", type=int, default=1234, help="random seed")
     training.add_argument("--exit-interval", type=int, default=None,
                           help="stop (after a checkpoint, if --save) once the iteration is a multiple of this")
@@ -232,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--lr-warmup-init", type=float, default=0.0, help="learning rate at the start of warm-up")
     optim.add_argument("--lr-wsd-decay-iters", type=int, default=None,
                        help="iterations of the final decay of the WSD schedule")
+    optim.add_argument("--lr-decay-samples", type=int, default=None,
+                       help="with --train-samples: samples over which the learning rate decays "
+                            "(default: --train-samples)")
+    optim.add_argument("--lr-warmup-samples", type=int, default=0, help="with --train-samples: linear warm-up samples")
+    optim.add_argument("--lr-wsd-decay-samples", type=int, default=None,
+                       help="with --train-samples: samples of the final decay of the WSD schedule")
     optim.add_argument("--weight-decay", type=float, default=0.01, help="decoupled weight decay (AdamW)")
     optim.add_argument("--clip-grad", type=float, default=1.0, help="clip the global gradient norm to this (0: off)")
     optim.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")

@@ -20,6 +20,7 @@ from megatron_dwm.path_checks import data_problems, output_problems, train_datas
 from megatron_dwm.rank_layout import RankLayout
 
 Valid = Callable[..., bool]  # valid(*flag destinations): all of them in range
+DEFAULT_TRAIN_ITERS = 10  # without --train-iters or --train-samples
 
 
 def validate_args(args: argparse.Namespace, world_size: int | None = None) -> None:
@@ -30,14 +31,20 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
     out_of_range = range_problems(args)
 
+    unknown: set[str] = set()  # derived values that could not be derived (their cause is reported)
+
     def valid(*flags: str) -> bool:
-        return not out_of_range.keys() & set(flags)
+        return not (out_of_range.keys() | unknown) & set(flags)
 
     layout = _rank_layout(args, world_size, valid)
     dp = _data_parallel_size(layout, valid)
     problems = [*out_of_range.values(), *megatron_flag_problems(args), *_model_problems(args, valid),
                 *(layout.problems() if layout else [])]
-    conflict = [*_weighting_conflict(args), *_warmup_conflict(args)]  # the flags as given, before filling in
+    # the flags as given, before filling in
+    conflict = [*_weighting_conflict(args), *_warmup_conflict(args), *_run_length_conflicts(args, valid)]
+    fill_run_length(args, dp, valid)
+    if args.train_iters is None:
+        unknown.add("train_iters")
     fill_defaults(args, dp, valid)
     problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict,
                  *_weighting_problems(args, valid), *_dwm_problems(args, dp, valid), *data_problems(args),
@@ -63,18 +70,32 @@ def range_problems(args: argparse.Namespace) -> dict[str, str]:
 # --- defaults ----------------------------------------------------------------------------------
 
 
-def fill_defaults(args: argparse.Namespace, data_parallel_size: int | None, valid: Valid) -> None:
-    """Fill in what was left to derive: global batch, decay iterations, warm-up iterations from
-    --lr-warmup-fraction, the weighting (and ``dwm_disable`` when it is not the DWM, so every --dwm-*
-    flag is then unused), the DWM's defaults."""
+def fill_run_length(args: argparse.Namespace, data_parallel_size: int | None, valid: Valid) -> None:
+    """The global batch (default: micro batch x DP) and the run's length: --train-iters (default
+    DEFAULT_TRAIN_ITERS), or with --train-samples, as Megatron-LM, --train-samples // global batch
+    iterations (None when the global batch is unknown, which is reported)."""
     if data_parallel_size is not None and args.global_batch_size is None:
         args.global_batch_size = args.micro_batch_size * data_parallel_size
-    if args.lr_decay_iters is None and valid("train_iters"):
-        args.lr_decay_iters = args.train_iters
-    if args.lr_warmup_fraction is not None and args.lr_warmup_iters == 0 \
-            and valid("lr_warmup_fraction", "lr_decay_iters", "train_iters"):
+    if args.train_samples is None:
+        if args.train_iters is None:
+            args.train_iters = DEFAULT_TRAIN_ITERS
+    elif args.train_iters is None and args.global_batch_size is not None \
+            and valid("train_samples", "global_batch_size"):
+        args.train_iters = args.train_samples // args.global_batch_size or None
+
+
+def fill_defaults(args: argparse.Namespace, data_parallel_size: int | None, valid: Valid) -> None:
+    """Fill in what was left to derive: decay iterations (or samples), the warm-up from
+    --lr-warmup-fraction, the weighting (and ``dwm_disable`` when it is not the DWM, so every --dwm-*
+    flag is then unused), the DWM's defaults."""
+    unit = schedule_unit(args)
+    total = "train_iters" if unit == "iters" else "train_samples"
+    if getattr(args, f"lr_decay_{unit}") is None and valid(total):
+        setattr(args, f"lr_decay_{unit}", getattr(args, total))
+    if args.lr_warmup_fraction is not None and getattr(args, f"lr_warmup_{unit}") == 0 \
+            and valid("lr_warmup_fraction", f"lr_decay_{unit}", total):
         # Megatron-LM's warm-up, exactly: the schedule counts samples, so a fraction of an iteration counts
-        args.lr_warmup_iters = args.lr_warmup_fraction * args.lr_decay_iters
+        setattr(args, f"lr_warmup_{unit}", args.lr_warmup_fraction * getattr(args, f"lr_decay_{unit}"))
     if args.weighting is None:
         args.weighting = "uniform" if args.dwm_disable else "domain" if args.domain_weights is not None else "dwm"
     args.dwm_disable = args.weighting != "dwm"
@@ -166,23 +187,47 @@ def _platform_problems(args: argparse.Namespace) -> list[str]:
 # --- learning-rate schedule, weighting and DWM --------------------------------------------------
 
 
+def schedule_unit(args: argparse.Namespace) -> str:
+    """What the learning-rate schedule's flags count: "samples" with --train-samples, else "iters"."""
+    return "iters" if args.train_samples is None else "samples"
+
+
+def _run_length_conflicts(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """Iteration-based against sample-based flags (as given, each in range; Megatron-LM takes one kind)."""
+    if args.train_samples is not None and args.train_iters is not None:
+        return [f"--train-iters {args.train_iters} and --train-samples {args.train_samples} both set the run's "
+                "length: keep one of them"] if valid("train_iters", "train_samples") else []
+    given, other = ("samples", "iters") if args.train_samples is not None else ("iters", "samples")
+    mixed = [f"--lr-{what}-{other}" for what in ("decay", "warmup", "wsd-decay")
+             if getattr(args, f"lr_{what.replace('-', '_')}_{other}") not in (None, 0)
+             and valid(f"lr_{what.replace('-', '_')}_{other}")]
+    return [f"{flag} is for {'sample' if other == 'samples' else 'iteration'}-based training; with "
+            f"--train-{given} give {flag.replace(other, given)}" for flag in mixed]
+
+
 def _schedule_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
     """The learning-rate schedule's flags against each other (megatron-core asserts these)."""
     problems = []
-    if valid("lr_warmup_iters", "lr_decay_iters", "train_iters") and args.lr_warmup_iters > 0 \
-            and args.lr_warmup_iters >= args.lr_decay_iters:
-        problems.append(f"--lr-warmup-iters {args.lr_warmup_iters} must be below --lr-decay-iters "
-                        f"{args.lr_decay_iters}")
+    unit = schedule_unit(args)
+    total = "train_iters" if unit == "iters" else "train_samples"
+    warmup, decay, wsd = (f"lr_{what}_{unit}" for what in ("warmup", "decay", "wsd_decay"))
+
+    def flag(dest: str) -> str:
+        return f"--{dest.replace('_', '-')} {getattr(args, dest)}"
+
+    if args.train_samples is not None and args.global_batch_size is not None and valid("train_samples") \
+            and args.train_samples < args.global_batch_size:
+        problems.append(f"{flag('train_samples')} is less than one global batch ({args.global_batch_size})")
+    if valid(warmup, decay, total) and getattr(args, warmup) > 0 and getattr(args, warmup) >= getattr(args, decay):
+        problems.append(f"{flag(warmup)} must be below {flag(decay)}")
     if valid("lr", "min_lr") and args.min_lr > args.lr:
         problems.append(f"--min-lr {args.min_lr} exceeds --lr {args.lr}")
     if valid("lr", "lr_warmup_init") and args.lr_warmup_init > args.lr:
         problems.append(f"--lr-warmup-init {args.lr_warmup_init} exceeds --lr {args.lr}")
-    if args.lr_decay_style == "WSD" and args.lr_wsd_decay_iters is None:
-        problems.append("--lr-decay-style WSD needs --lr-wsd-decay-iters")
-    if args.lr_wsd_decay_iters is not None and valid("lr_wsd_decay_iters", "lr_decay_iters", "train_iters") \
-            and args.lr_wsd_decay_iters > args.lr_decay_iters:
-        problems.append(f"--lr-wsd-decay-iters {args.lr_wsd_decay_iters} exceeds --lr-decay-iters "
-                        f"{args.lr_decay_iters} (the decay ends the schedule)")
+    if args.lr_decay_style == "WSD" and getattr(args, wsd) is None:
+        problems.append(f"--lr-decay-style WSD needs --{wsd.replace('_', '-')}")
+    if getattr(args, wsd) is not None and valid(wsd, decay, total) and getattr(args, wsd) > getattr(args, decay):
+        problems.append(f"{flag(wsd)} exceeds {flag(decay)} (the decay ends the schedule)")
     return problems
 
 
@@ -195,10 +240,12 @@ def _weighting_conflict(args: argparse.Namespace) -> list[str]:
 
 
 def _warmup_conflict(args: argparse.Namespace) -> list[str]:
-    """--lr-warmup-fraction against --lr-warmup-iters (the flags as given; Megatron-LM takes one)."""
-    if args.lr_warmup_fraction is None or args.lr_warmup_iters == 0:
+    """--lr-warmup-fraction against --lr-warmup-iters or -samples (as given; Megatron-LM takes one)."""
+    unit = schedule_unit(args)
+    warmup = getattr(args, f"lr_warmup_{unit}")
+    if args.lr_warmup_fraction is None or warmup == 0:
         return []
-    return [f"--lr-warmup-fraction {args.lr_warmup_fraction} and --lr-warmup-iters {args.lr_warmup_iters} both set "
+    return [f"--lr-warmup-fraction {args.lr_warmup_fraction} and --lr-warmup-{unit} {warmup} both set "
             "the warm-up: keep one of them"]
 
 

@@ -58,12 +58,12 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--use-distributed-optimizer",
     "--distributed-timeout-minutes",
     # training
-    "--micro-batch-size", "--global-batch-size", "--train-iters", "--seed", "--exit-interval",
+    "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples", "--seed", "--exit-interval",
     "--exit-duration-in-mins", "--exit-signal-handler",
     # optimizer and learning-rate schedule
     "--lr", "--min-lr", "--lr-decay-style", "--lr-decay-iters", "--lr-warmup-iters", "--lr-warmup-fraction",
-    "--lr-warmup-init", "--lr-wsd-decay-iters", "--weight-decay", "--clip-grad", "--adam-beta1", "--adam-beta2",
-    "--adam-eps",
+    "--lr-warmup-init", "--lr-wsd-decay-iters", "--lr-decay-samples", "--lr-warmup-samples", "--lr-wsd-decay-samples",
+    "--weight-decay", "--clip-grad", "--adam-beta1", "--adam-beta2", "--adam-eps",
     # data
     "--data-path", "--split", "--per-split-data-args-path", "--data-cache-path", "--tokenizer-type",
     "--tokenizer-model", "--num-workers", "--eod-mask-loss", "--reset-position-ids", "--reset-attention-mask",
@@ -120,9 +120,6 @@ IGNORED: dict[str, Flag] = {
     "--profile-ranks": Flag(str, nargs="+"),
 }
 
-_ITERATIONS = ("not supported yet: count in iterations (--train-iters, --lr-decay-iters, --lr-warmup-iters or "
-               "--lr-warmup-fraction)")
-
 REFUSED: dict[str, Flag] = {
     # parallelism and memory
     "--context-parallel-size": _only(int, 1, "not supported yet (only 1)"),
@@ -148,8 +145,6 @@ REFUSED: dict[str, Flag] = {
     **dict.fromkeys(("--decoupled-lr", "--decoupled-min-lr", "--start-weight-decay", "--end-weight-decay"),
                     Flag(float)),
     "--weight-decay-incr-style": _only(str, "constant", "not supported yet (only constant)"),
-    **dict.fromkeys(("--train-samples", "--lr-decay-samples", "--lr-wsd-decay-samples"), Flag(int, reason=_ITERATIONS)),
-    "--lr-warmup-samples": _only(int, 0, _ITERATIONS),
     "--rampup-batch-size": Flag(int, nargs=3, reason="not supported yet: the global batch size is fixed"),
     "--step-batch-size-schedule": Flag(str, reason="not supported yet: the global batch size is fixed"),
     # data

@@ -161,7 +161,8 @@ def test_dwm_flags_are_checked(data_flags, corpus):
 # others 0 is refused, and for all of them a negative value (and NaN and infinity, for floats).
 NUMERIC_FLAGS = [action for action in build_parser()._actions if action.type in (int, float)]
 ZERO_IS_VALID = {
-    "--seed", "--dwm-ranks", "--min-lr", "--lr-warmup-iters", "--lr-warmup-init", "--weight-decay",
+    "--seed", "--dwm-ranks", "--min-lr", "--lr-warmup-iters", "--lr-warmup-samples", "--lr-warmup-init",
+    "--weight-decay",
     "--clip-grad",  # 0: no clipping
     "--adam-beta1", "--adam-beta2", "--dwm-lr", "--dwm-update-iters", "--dwm-weight-clip",  # as MIN
     "--num-workers", "--eval-iters", "--logging-level", "--ckpt-step",

@@ -55,7 +55,7 @@ LLAMA3_8B_FP8 = [
     "--load", "$CHECKPOINT_PATH", "--tensorboard-dir", "$TENSORBOARD_LOGS_PATH",
 ]
 LLAMA3_REFUSED = {
-    "--apply-layernorm-1p", "--train-samples", "--lr-decay-samples", "--lr-warmup-samples", "--decoupled-lr",
+    "--apply-layernorm-1p", "--decoupled-lr",
     "--decoupled-min-lr", "--grad-reduce-in-bf16", "--calculate-per-token-loss", "--overlap-grad-reduce",
     "--overlap-param-gather", "--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
     "--fp8-param-gather", "--sequence-parallel",
@@ -96,14 +96,15 @@ SUPPORTED = (
     "--exit-duration-in-mins", "--exit-interval", "--exit-signal-handler", "--ffn-hidden-size", "--finetune",
     "--global-batch-size", "--group-query-attention", "--hidden-dropout", "--hidden-size", "--init-method-std",
     "--kv-channels", "--load", "--log-interval", "--log-throughput", "--logging-level", "--lr", "--lr-decay-iters",
-    "--lr-decay-style", "--lr-warmup-fraction", "--lr-warmup-init", "--lr-warmup-iters", "--lr-wsd-decay-iters",
+    "--lr-decay-samples", "--lr-decay-style", "--lr-warmup-fraction", "--lr-warmup-init", "--lr-warmup-iters",
+    "--lr-warmup-samples", "--lr-wsd-decay-iters", "--lr-wsd-decay-samples",
     "--lr-wsd-decay-style", "--make-vocab-size-divisible-by", "--max-position-embeddings", "--micro-batch-size",
     "--min-lr", "--no-load-optim", "--no-load-rng", "--no-position-embedding", "--norm-epsilon", "--normalization",
     "--num-attention-heads", "--num-layers", "--num-query-groups", "--num-workers", "--optimizer",
     "--per-split-data-args-path", "--pipeline-model-parallel-size", "--position-embedding-type",
     "--reset-attention-mask", "--reset-position-ids", "--rotary-base", "--rotary-percent", "--save",
     "--save-interval", "--seed", "--seq-length", "--split", "--swiglu", "--tensor-model-parallel-size",
-    "--tensorboard-dir", "--tokenizer-model", "--tokenizer-type", "--train-iters",
+    "--tensorboard-dir", "--tokenizer-model", "--tokenizer-type", "--train-iters", "--train-samples",
     "--untie-embeddings-and-output-weights", "--use-distributed-optimizer", "--use-rotary-position-embeddings",
     "--vocab-size", "--weight-decay",
 )
@@ -126,13 +127,13 @@ REFUSED = (
     "--decoder-last-pipeline-num-layers", "--decoupled-lr", "--decoupled-min-lr", "--end-weight-decay",
     "--expert-model-parallel-size", "--fp16", "--fp32-residual-connection", "--fp8-amax-compute-algo",
     "--fp8-amax-history-len", "--fp8-format", "--fp8-interval", "--fp8-margin", "--fp8-param-gather", "--fp8-recipe",
-    "--grad-reduce-in-bf16", "--lr-decay-samples", "--lr-warmup-samples", "--lr-wsd-decay-samples", "--merge-file",
+    "--grad-reduce-in-bf16", "--merge-file",
     "--mock-data", "--multi-latent-attention", "--num-experts", "--num-layers-per-virtual-pipeline-stage",
     "--num-virtual-stages-per-pipeline-rank", "--openai-gelu", "--overlap-grad-reduce", "--overlap-param-gather",
     "--qk-layernorm", "--rampup-batch-size", "--recompute-activations", "--recompute-granularity",
     "--recompute-method", "--recompute-num-layers", "--rotary-interleaved", "--sequence-parallel",
     "--squared-relu", "--start-weight-decay", "--step-batch-size-schedule", "--test-data-path", "--tp-comm-overlap",
-    "--train-data-path", "--train-samples", "--use-megatron-fsdp", "--use-rope-scaling", "--use-torch-fsdp2",
+    "--train-data-path", "--use-megatron-fsdp", "--use-rope-scaling", "--use-torch-fsdp2",
     "--valid-data-path", "--vocab-file", "--weight-decay-incr-style",
 )
 LLAMA = "contradicts the Llama architecture this project builds"
@@ -192,6 +193,8 @@ def test_megatron_lm_scripts_parse_but_for_the_refused_flags(script, world_size,
         expected = replace(expected, kv_channels=16, rotary_base=1000000, vocab_size=256)
     assert model_arch(args) == expected
     assert args.init_method_std == float(script[script.index("--init-method-std") + 1])
+    if "--train-samples" in script:  # sample-based: Megatron-LM's iterations
+        assert args.train_iters == int(script[script.index("--train-samples") + 1]) // args.global_batch_size
 
 
 def test_gpt_script_warm_up_is_its_fraction_of_the_decay(corpus, tmp_path):
@@ -317,3 +320,30 @@ def test_docs_list_every_classified_flag():
     section = text.split("## Megatron-LM flags", 1)[1].split("\n## ", 1)[0]
     listed = set(re.findall(r"`(--[a-z0-9-]+)", section))
     assert sorted({*SUPPORTED, *IGNORED, *REFUSED} - listed) == []
+
+
+def test_sample_based_training_derives_its_iterations_and_schedule(data_flags):
+    args = parse_args([*data_flags, "--global-batch-size", "8", "--train-samples", "52", "--lr-warmup-fraction", "0.1"])
+    assert (args.train_iters, args.lr_decay_samples, args.lr_warmup_samples) == (6, 52, 5.2)
+    assert (args.lr_decay_iters, args.lr_warmup_iters) == (None, 0)  # the sample flags drive the schedule
+    assert parse_args(data_flags).train_iters == 10  # neither given: the default
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--train-iters", "5", "--train-samples", "40"],
+     "--train-iters 5 and --train-samples 40 both set the run's length: keep one of them"),
+    (["--train-samples", "40", "--lr-decay-iters", "4"],
+     "--lr-decay-iters is for iteration-based training; with --train-samples give --lr-decay-samples"),
+    (["--train-iters", "5", "--lr-warmup-samples", "8"],
+     "--lr-warmup-samples is for sample-based training; with --train-iters give --lr-warmup-iters"),
+    (["--train-samples", "4"], "--train-samples 4 is less than one global batch (8)"),
+    (["--train-samples", "40", "--lr-warmup-samples", "40"],
+     "--lr-warmup-samples 40 must be below --lr-decay-samples 40"),
+    (["--train-samples", "40", "--lr-decay-style", "WSD"], "--lr-decay-style WSD needs --lr-wsd-decay-samples"),
+    (["--train-samples", "40", "--lr-warmup-samples", "8", "--lr-warmup-fraction", "0.1"],
+     "--lr-warmup-fraction 0.1 and --lr-warmup-samples 8 both set the warm-up: keep one of them"),
+])
+def test_sample_and_iteration_flags_are_not_mixed(flags, message, data_flags):
+    with pytest.raises(ConfigError) as error:
+        parse_args([*data_flags, "--global-batch-size", "8", *flags])
+    assert message in _problems(error.value), _problems(error.value)

@@ -30,7 +30,8 @@ def dataset_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
     """Samples of the train and valid splits for the whole run (Megatron-LM's rule); the test split
     is not used by training and is not built."""
     evaluations = args.train_iters // args.eval_interval + 1
-    return (args.train_iters * args.global_batch_size, evaluations * args.eval_iters * args.global_batch_size, 0)
+    train_samples = args.train_samples or args.train_iters * args.global_batch_size  # as Megatron-LM
+    return (train_samples, evaluations * args.eval_iters * args.global_batch_size, 0)
 
 
 def build_datasets(args: argparse.Namespace, tokenizer: TextTokenizer,

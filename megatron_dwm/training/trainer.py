@@ -245,13 +245,19 @@ class Trainer:
 
 
 def build_scheduler(args: argparse.Namespace, optimizer) -> OptimizerParamScheduler:
-    """Megatron-LM's sample-based schedule: every step counts `global batch size` samples."""
-    samples = args.global_batch_size
+    """Megatron-LM's sample-based schedule: every step counts `global batch size` samples; the
+    --*-samples flags are taken as they are, the --*-iters ones times the global batch."""
+    if args.train_samples is None:
+        per = args.global_batch_size
+        warmup, decay, total = args.lr_warmup_iters * per, args.lr_decay_iters * per, args.train_iters * per
+        wsd_decay = (args.lr_wsd_decay_iters or 0) * per or None
+    else:
+        warmup, decay, total = args.lr_warmup_samples, args.lr_decay_samples, args.train_samples
+        wsd_decay = args.lr_wsd_decay_samples
     return OptimizerParamScheduler(
         optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr,
-        lr_warmup_steps=args.lr_warmup_iters * samples, lr_decay_steps=args.lr_decay_iters * samples,
+        lr_warmup_steps=warmup, lr_decay_steps=decay,
         lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
-        wd_incr_steps=args.train_iters * samples, wd_incr_style="constant",
-        wsd_decay_steps=(args.lr_wsd_decay_iters or 0) * samples or None,
+        wd_incr_steps=total, wd_incr_style="constant", wsd_decay_steps=wsd_decay,
         lr_wsd_decay_style="exponential" if args.lr_decay_style == "WSD" else None,
     )
