@@ -46,9 +46,9 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     if args.train_iters is None:
         unknown.add("train_iters")
     fill_defaults(args, dp, valid)
-    problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict,
+    problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict, *_platform_problems(args),
                  *_weighting_problems(args, valid), *_dwm_problems(args, dp, valid), *data_problems(args),
-                 *output_problems(args), *_platform_problems(args)]
+                 *output_problems(args)]
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -181,7 +181,7 @@ def _platform_problems(args: argparse.Namespace) -> list[str]:
     """Options the current platform cannot honour."""
     from megatron_dwm.platform import validate_platform_options
 
-    return validate_platform_options(args.use_distributed_optimizer)
+    return validate_platform_options(args.use_distributed_optimizer, args.load is not None)
 
 
 # --- learning-rate schedule, weighting and DWM --------------------------------------------------
@@ -286,9 +286,6 @@ def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None, vali
     if updates and args.dwm_valid_data_path is None:
         problems.append("updating the DWM needs its validation set: give --dwm-valid-data-path "
                         "(or --dwm-freeze / --dwm-disable)")
-    if updates and args.dwm_fd_direction == "adam" and args.use_distributed_optimizer:
-        problems.append("--dwm-fd-direction adam reads Adam's state, which --use-distributed-optimizer shards; "
-                        "use --dwm-fd-direction grad")
     if valid("dwm_seq_length", "seq_length") and args.dwm_seq_length > args.seq_length:
         problems.append(f"--dwm-seq-length {args.dwm_seq_length} exceeds --seq-length {args.seq_length}")
     if valid("dwm_hidden_size", "dwm_num_attention_heads") and args.dwm_hidden_size % args.dwm_num_attention_heads:

@@ -46,7 +46,9 @@ class MegatronBilevel:
         # (the first micro batch counted twice). Clear them, as a training step does.
         self.optimizer.zero_grad()
         self.model.zero_grad_buffer()
-        collected = run_global_batch(self.model, self.valid_batch, None, self.loss)
+        # The distributed optimizer's reduce-scatter would leave each rank the reduced gradient of
+        # its own shard only: megatron-core's force_all_reduce gives every rank the whole of v.
+        collected = run_global_batch(self.model, self.valid_batch, None, self.loss, force_all_reduce=True)
         if collected is not None:
             losses = gather_over(collected[0], parallel_state.get_data_parallel_group())
             self.valid_loss = float(losses.mean())
@@ -84,13 +86,23 @@ class AdamPreconditioner:
 
     A parameter without Adam state (the optimizer has not stepped it) is an error: ``v_hat = 0``
     would silently turn the direction into ``v / (|v| + eps)``.
+
+    Under megatron-core's distributed optimizer each data-parallel rank holds Adam's state for its
+    own shard of each parameter only: the shards are put together (an all-reduce over the
+    optimizer's data-parallel group, each rank adding its own slice) before ``v_hat`` is formed.
     """
 
     def __init__(self, optimizer, names: dict[int, str] | None = None) -> None:
         self.names = names or {}  # id(model parameter) -> its name, for error messages
         self.main_of: dict[int, torch.Tensor] = {}  # bf16: the fp32 copy Adam steps; fp32: the parameter itself
         self.group_of: dict[int, tuple[dict, dict]] = {}  # id(main parameter) -> (its group, its optimizer's state)
+        # megatron-core's DistributedOptimizer (this project builds one): every parameter is sharded
+        # over its data-parallel group, this rank's shard possibly empty
+        self.distributed = None
         for megatron_optimizer in getattr(optimizer, "chained_optimizers", [optimizer]):  # megatron-core chains them
+            if hasattr(megatron_optimizer, "model_param_gbuf_map"):
+                self.distributed = megatron_optimizer
+                continue
             for model_group, main_group in zip(getattr(megatron_optimizer, "float16_groups", []),
                                                getattr(megatron_optimizer, "fp32_from_float16_groups", [])):
                 self.main_of.update({id(model_param): main_param
@@ -100,16 +112,42 @@ class AdamPreconditioner:
                                   for group in inner.param_groups for param in group["params"]})
 
     def __call__(self, param: torch.nn.Parameter, gradient: torch.Tensor) -> torch.Tensor:
-        main = self.main_of.get(id(param), param)
-        group, states = self.group_of[id(main)]
-        state = states.get(main, {})
-        step = _adam_step(state, group)
-        if "exp_avg_sq" not in state or not step:
+        if self.distributed is not None:
+            exp_avg_sq, group, step = _gathered_adam_state(self.distributed, param)
+        else:
+            main = self.main_of.get(id(param), param)
+            group, states = self.group_of[id(main)]
+            state = states.get(main, {})
+            exp_avg_sq, step = state.get("exp_avg_sq"), _adam_step(state, group)
+        if exp_avg_sq is None or not step:
             name = self.names.get(id(param), f"of shape {tuple(param.shape)}")
             raise RuntimeError(f"--dwm-fd-direction adam: the optimizer holds no Adam state for parameter {name} "
                                "(it has not stepped it); use --dwm-fd-direction grad or check the optimizer")
-        v_hat = (state["exp_avg_sq"].float() / (1.0 - group["betas"][1] ** step)).view_as(gradient)
+        v_hat = (exp_avg_sq.float() / (1.0 - group["betas"][1] ** step)).view_as(gradient)
         return 1.0 / (torch.maximum(v_hat, gradient.float() ** 2).sqrt() + group["eps"])
+
+
+def _gathered_adam_state(optimizer, param: torch.nn.Parameter) -> tuple[torch.Tensor | None, dict, float]:
+    """(exp_avg_sq of the whole of `param`, its Adam group, Adam's step) from megatron-core's
+    DistributedOptimizer, whose data-parallel ranks each hold the state of one slice of `param`
+    (possibly none): each rank writes its slice into zeros and the slices are summed over the group.
+    Collective: every rank of the optimizer's data-parallel group calls it for the same parameters."""
+    inner = optimizer.optimizer
+    group, step = inner.param_groups[0], 0.0
+    values = torch.zeros(param.numel() + 1, dtype=torch.float32, device=param.device)  # the slices, then a flag
+    if param in optimizer.model_param_group_index_map:
+        group_index, _ = optimizer.model_param_group_index_map[param]
+        group = inner.param_groups[group_index]
+        states = optimizer._get_main_param_and_optimizer_states(param)
+        step = _adam_step(inner.state.get(states["param"], {}), group)
+        if "exp_avg_sq" in states and step:
+            piece = optimizer._get_model_param_range_map(param)["param"]
+            values[piece.start: piece.end] = states["exp_avg_sq"].float().view(-1)
+            values[-1] = 1.0
+    steps = torch.tensor([step], dtype=torch.float64, device=param.device)
+    dist.all_reduce(values, group=optimizer.data_parallel_group)
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX, group=optimizer.data_parallel_group)
+    return (values[:-1] if values[-1] > 0 else None), group, float(steps)
 
 
 def _adam_step(state: dict, group: dict) -> float:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
@@ -182,7 +183,8 @@ def load_checkpoint(
     for key, chunk in zip(keys, chunks):
         chunk.load_state_dict(state.pop(key), strict=strict)
     if optimizer is not None:
-        optimizer.load_state_dict(state.pop("optimizer"))
+        with torch.no_grad():  # the distributed optimizer copies into its fp32 main parameters in place
+            optimizer.load_state_dict(state.pop("optimizer"))
     return state
 
 
@@ -200,9 +202,19 @@ def _training_state_dict(model, optimizer, sharded, is_loading: bool) -> dict[st
     if optimizer is not None:
         if len(state) != 1:
             raise NotImplementedError("optimizer checkpoints support one model chunk (no virtual pipeline)")
-        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=is_loading)
+        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=is_loading,
+                                                          **_optimizer_checkpoint_format(optimizer))
     state.update(sharded or {})
     return state
+
+
+def _optimizer_checkpoint_format(optimizer) -> dict[str, Any]:
+    """megatron-core's distributed optimizer saves its sharded state in Megatron-LM's default format
+    (each data-parallel rank its own buckets: "dp_reshardable"); other optimizers as they always have."""
+    chain = getattr(optimizer, "chained_optimizers", [optimizer])
+    if not any(hasattr(member, "model_param_gbuf_map") for member in chain):
+        return {}
+    return {"metadata": {"distrib_optim_sharding_type": "dp_reshardable"}}
 
 
 _write_results_queue_started = False

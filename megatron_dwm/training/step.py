@@ -17,11 +17,14 @@ def run_global_batch(
     weights: list[torch.Tensor] | None,
     loss: "WeightedLoss",
     forward_only: bool = False,
+    force_all_reduce: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """This DP rank's micro batches through megatron-core's pipeline schedule with the weighted loss.
 
     ``weights[k]`` weighs the samples of ``microbatches[k]`` (None: all ones). Gradients are
-    accumulated into the DDP buffers and reduced over data-parallel ranks unless ``forward_only``.
+    accumulated into the DDP buffers and reduced over data-parallel ranks unless ``forward_only``;
+    ``force_all_reduce``: every rank gets the whole reduced gradient, also under the distributed
+    optimizer (whose reduce-scatter leaves each rank its own shard's).
     Returns (per-sample losses, domain ids) of this rank's samples on the last pipeline stage,
     None elsewhere.
     """
@@ -35,5 +38,6 @@ def run_global_batch(
 
     get_forward_backward_func()(forward_step_func=step, data_iterator=batches, model=[model],
                                 num_microbatches=len(microbatches), seq_length=tokens.shape[1],
-                                micro_batch_size=tokens.shape[0], forward_only=forward_only)
+                                micro_batch_size=tokens.shape[0], forward_only=forward_only,
+                                force_all_reduce=force_all_reduce)
     return loss.collected()
