@@ -368,6 +368,23 @@ def parse_args(argv: Sequence[str] | None = None, world_size: int | None = None)
     return args
 
 
+@dataclass(frozen=True)
+class ScheduleFlags:
+    """The destinations of the flags that set the run's length and learning-rate schedule: with
+    --train-samples the --*-samples ones (Megatron-LM's sample-based training), else the --*-iters ones."""
+
+    unit: str  # "samples" or "iters"
+    total: str
+    warmup: str
+    decay: str
+    wsd_decay: str
+
+
+def schedule_flags(args: argparse.Namespace) -> ScheduleFlags:
+    unit = "iters" if args.train_samples is None else "samples"
+    return ScheduleFlags(unit, f"train_{unit}", f"lr_warmup_{unit}", f"lr_decay_{unit}", f"lr_wsd_decay_{unit}")
+
+
 def model_arch(args: argparse.Namespace, default_vocab_size: int | None = None) -> LlamaArch:
     """The preset with the explicit model flags applied; `default_vocab_size` (the tokenizer's) is
     the vocabulary where --vocab-size is not given. --group-query-attention without

@@ -14,7 +14,8 @@ import math
 import os
 from typing import Callable
 
-from megatron_dwm.arguments import MODEL_RECIPE_FLAGS, MODEL_SHAPE_FLAGS, NUMERIC_RANGES, ConfigError, model_arch
+from megatron_dwm.arguments import (MODEL_RECIPE_FLAGS, MODEL_SHAPE_FLAGS, NUMERIC_RANGES, ConfigError, model_arch,
+                                    schedule_flags)
 from megatron_dwm.megatron_flags import megatron_flag_problems
 from megatron_dwm.path_checks import data_problems, output_problems, train_dataset_count
 from megatron_dwm.rank_layout import RankLayout
@@ -46,9 +47,9 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     if args.train_iters is None:
         unknown.add("train_iters")
     fill_defaults(args, dp, valid)
-    problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict, *_platform_problems(args),
+    problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict,
                  *_weighting_problems(args, valid), *_dwm_problems(args, dp, valid), *data_problems(args),
-                 *output_problems(args)]
+                 *output_problems(args), *_platform_problems(args)]
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -88,14 +89,13 @@ def fill_defaults(args: argparse.Namespace, data_parallel_size: int | None, vali
     """Fill in what was left to derive: decay iterations (or samples), the warm-up from
     --lr-warmup-fraction, the weighting (and ``dwm_disable`` when it is not the DWM, so every --dwm-*
     flag is then unused), the DWM's defaults."""
-    unit = schedule_unit(args)
-    total = "train_iters" if unit == "iters" else "train_samples"
-    if getattr(args, f"lr_decay_{unit}") is None and valid(total):
-        setattr(args, f"lr_decay_{unit}", getattr(args, total))
-    if args.lr_warmup_fraction is not None and getattr(args, f"lr_warmup_{unit}") == 0 \
-            and valid("lr_warmup_fraction", f"lr_decay_{unit}", total):
+    flags = schedule_flags(args)
+    if getattr(args, flags.decay) is None and valid(flags.total):
+        setattr(args, flags.decay, getattr(args, flags.total))
+    if args.lr_warmup_fraction is not None and getattr(args, flags.warmup) == 0 \
+            and valid("lr_warmup_fraction", flags.decay, flags.total):
         # Megatron-LM's warm-up, exactly: the schedule counts samples, so a fraction of an iteration counts
-        setattr(args, f"lr_warmup_{unit}", args.lr_warmup_fraction * getattr(args, f"lr_decay_{unit}"))
+        setattr(args, flags.warmup, args.lr_warmup_fraction * getattr(args, flags.decay))
     if args.weighting is None:
         args.weighting = "uniform" if args.dwm_disable else "domain" if args.domain_weights is not None else "dwm"
     args.dwm_disable = args.weighting != "dwm"
@@ -187,11 +187,6 @@ def _platform_problems(args: argparse.Namespace) -> list[str]:
 # --- learning-rate schedule, weighting and DWM --------------------------------------------------
 
 
-def schedule_unit(args: argparse.Namespace) -> str:
-    """What the learning-rate schedule's flags count: "samples" with --train-samples, else "iters"."""
-    return "iters" if args.train_samples is None else "samples"
-
-
 def _run_length_conflicts(args: argparse.Namespace, valid: Valid) -> list[str]:
     """Iteration-based against sample-based flags (as given, each in range; Megatron-LM takes one kind)."""
     if args.train_samples is not None and args.train_iters is not None:
@@ -208,9 +203,8 @@ def _run_length_conflicts(args: argparse.Namespace, valid: Valid) -> list[str]:
 def _schedule_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
     """The learning-rate schedule's flags against each other (megatron-core asserts these)."""
     problems = []
-    unit = schedule_unit(args)
-    total = "train_iters" if unit == "iters" else "train_samples"
-    warmup, decay, wsd = (f"lr_{what}_{unit}" for what in ("warmup", "decay", "wsd_decay"))
+    flags = schedule_flags(args)
+    total, warmup, decay, wsd = flags.total, flags.warmup, flags.decay, flags.wsd_decay
 
     def flag(dest: str) -> str:
         return f"--{dest.replace('_', '-')} {getattr(args, dest)}"
@@ -241,11 +235,11 @@ def _weighting_conflict(args: argparse.Namespace) -> list[str]:
 
 def _warmup_conflict(args: argparse.Namespace) -> list[str]:
     """--lr-warmup-fraction against --lr-warmup-iters or -samples (as given; Megatron-LM takes one)."""
-    unit = schedule_unit(args)
-    warmup = getattr(args, f"lr_warmup_{unit}")
+    flags = schedule_flags(args)
+    warmup = getattr(args, flags.warmup)
     if args.lr_warmup_fraction is None or warmup == 0:
         return []
-    return [f"--lr-warmup-fraction {args.lr_warmup_fraction} and --lr-warmup-{unit} {warmup} both set "
+    return [f"--lr-warmup-fraction {args.lr_warmup_fraction} and --lr-warmup-{flags.unit} {warmup} both set "
             "the warm-up: keep one of them"]
 
 

@@ -19,6 +19,7 @@ from megatron.core import parallel_state
 from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+from megatron_dwm.arguments import schedule_flags
 from megatron_dwm.model.provider import build_llama_model, llama_transformer_config
 from megatron_dwm.parallel import ParallelContext, print_rank0
 from megatron_dwm.platform import get_platform
@@ -247,17 +248,14 @@ class Trainer:
 def build_scheduler(args: argparse.Namespace, optimizer) -> OptimizerParamScheduler:
     """Megatron-LM's sample-based schedule: every step counts `global batch size` samples; the
     --*-samples flags are taken as they are, the --*-iters ones times the global batch."""
-    if args.train_samples is None:
-        per = args.global_batch_size
-        warmup, decay, total = args.lr_warmup_iters * per, args.lr_decay_iters * per, args.train_iters * per
-        wsd_decay = (args.lr_wsd_decay_iters or 0) * per or None
-    else:
-        warmup, decay, total = args.lr_warmup_samples, args.lr_decay_samples, args.train_samples
-        wsd_decay = args.lr_wsd_decay_samples
+    flags = schedule_flags(args)
+    per = args.global_batch_size if flags.unit == "iters" else 1
+    wsd_decay = getattr(args, flags.wsd_decay)
     return OptimizerParamScheduler(
         optimizer, init_lr=args.lr_warmup_init, max_lr=args.lr, min_lr=args.min_lr,
-        lr_warmup_steps=warmup, lr_decay_steps=decay,
+        lr_warmup_steps=getattr(args, flags.warmup) * per, lr_decay_steps=getattr(args, flags.decay) * per,
         lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
-        wd_incr_steps=total, wd_incr_style="constant", wsd_decay_steps=wsd_decay,
+        wd_incr_steps=getattr(args, flags.total) * per, wd_incr_style="constant",
+        wsd_decay_steps=wsd_decay * per if wsd_decay else None,
         lr_wsd_decay_style="exponential" if args.lr_decay_style == "WSD" else None,
     )
