@@ -89,14 +89,6 @@ def init_platform(force_cpu: bool | None = None, verbose: bool = True) -> Platfo
     return _PLATFORM
 
 
-def validate_platform_options(use_distributed_optimizer: bool, loads_checkpoint: bool) -> list[str]:
-    """Problems with options the current platform cannot honour (empty if none)."""
-    if _gpu_in_use() or not (use_distributed_optimizer and loads_checkpoint):
-        return []
-    return ["--use-distributed-optimizer with --load needs a GPU: without Apex or Transformer Engine, megatron-core's "
-            "distributed optimizer does not resume its Adam state exactly (it trains and saves on the CPU)"]
-
-
 def _gpu_in_use(force_cpu: bool | None = None) -> bool:
     """A GPU is present and CPU mode is not forced (``force_cpu`` or ``MEGATRON_DWM_FORCE_CPU=1``)."""
     if force_cpu is None:
@@ -122,6 +114,14 @@ def _transformer_engine_importable() -> bool:
 def get_platform() -> Platform:
     """The platform chosen by `init_platform` (selecting it now if nobody did)."""
     return init_platform()
+
+
+def validate_platform_options(use_distributed_optimizer: bool, loads_checkpoint: bool) -> list[str]:
+    """Problems with options the current platform cannot honour (empty if none)."""
+    if _gpu_in_use() or not (use_distributed_optimizer and loads_checkpoint):
+        return []
+    return ["--use-distributed-optimizer with --load needs a GPU: without Apex or Transformer Engine, megatron-core's "
+            "distributed optimizer does not resume its Adam state exactly (it trains and saves on the CPU)"]
 
 
 # --------------------------------------------------------------------------------------------

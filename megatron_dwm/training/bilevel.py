@@ -17,6 +17,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
 
 from megatron_dwm.dwm.colocated import gather_over
+from megatron_dwm.training.build import distributed_optimizer
 from megatron_dwm.training.loss import WeightedLoss
 from megatron_dwm.training.step import run_global_batch
 
@@ -96,12 +97,11 @@ class AdamPreconditioner:
         self.names = names or {}  # id(model parameter) -> its name, for error messages
         self.main_of: dict[int, torch.Tensor] = {}  # bf16: the fp32 copy Adam steps; fp32: the parameter itself
         self.group_of: dict[int, tuple[dict, dict]] = {}  # id(main parameter) -> (its group, its optimizer's state)
-        # megatron-core's DistributedOptimizer (this project builds one): every parameter is sharded
-        # over its data-parallel group, this rank's shard possibly empty
-        self.distributed = None
+        # every parameter is sharded over the distributed optimizer's data-parallel group, this
+        # rank's shard possibly empty
+        self.distributed = distributed_optimizer(optimizer)
         for megatron_optimizer in getattr(optimizer, "chained_optimizers", [optimizer]):  # megatron-core chains them
-            if hasattr(megatron_optimizer, "model_param_gbuf_map"):
-                self.distributed = megatron_optimizer
+            if megatron_optimizer is self.distributed:
                 continue
             for model_group, main_group in zip(getattr(megatron_optimizer, "float16_groups", []),
                                                getattr(megatron_optimizer, "fp32_from_float16_groups", [])):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-from megatron.core.optimizer import MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer import DistributedOptimizer, MegatronOptimizer, OptimizerConfig, get_megatron_optimizer
 
 from megatron_dwm.arguments import model_arch
 from megatron_dwm.data import build_tokenizer
@@ -36,3 +36,10 @@ def build_optimizer(ddp_model, lr: float, weight_decay: float = 0.01, clip_grad:
                              bf16=bf16, use_distributed_optimizer=use_distributed_optimizer,
                              adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_eps=adam_eps)
     return get_megatron_optimizer(config, [ddp_model])
+
+
+def distributed_optimizer(optimizer: MegatronOptimizer) -> DistributedOptimizer | None:
+    """megatron-core's DistributedOptimizer within `optimizer` (megatron-core chains its optimizers;
+    with --use-distributed-optimizer this project's chain holds one), or None."""
+    return next((member for member in getattr(optimizer, "chained_optimizers", [optimizer])
+                 if isinstance(member, DistributedOptimizer)), None)

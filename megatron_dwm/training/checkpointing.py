@@ -48,6 +48,7 @@ from megatron_dwm.checkpoint_layout import (  # noqa: F401 - re-exported
     resume_hint,
 )
 from megatron_dwm.model.presets import LlamaArch
+from megatron_dwm.training.build import distributed_optimizer
 
 CHECKPOINT_VERSION = 3.0
 
@@ -211,8 +212,7 @@ def _training_state_dict(model, optimizer, sharded, is_loading: bool) -> dict[st
 def _optimizer_checkpoint_format(optimizer) -> dict[str, Any]:
     """megatron-core's distributed optimizer saves its sharded state in Megatron-LM's default format
     (each data-parallel rank its own buckets: "dp_reshardable"); other optimizers as they always have."""
-    chain = getattr(optimizer, "chained_optimizers", [optimizer])
-    if not any(hasattr(member, "model_param_gbuf_map") for member in chain):
+    if distributed_optimizer(optimizer) is None:
         return {}
     return {"metadata": {"distrib_optim_sharding_type": "dp_reshardable"}}
 
