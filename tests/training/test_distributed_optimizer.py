@@ -6,35 +6,29 @@ The distributed optimizer reduce-scatters the gradients where DDP all-reduces th
 rank's shard of Adam's state; the preconditioner puts the shards of exp_avg_sq together, and the
 validation pass all-reduces v. Float32 sums then differ in their order only, so the LLM's metrics
 agree to a relative RELATIVE and the hypergradients, finite differences, to that plus a few of their
-logged resolutions (tests/training/test_dwm_ranks.py explains the bound). The DWM's own Adam then
+logged resolutions (tests/training/run_comparison.py explains the bound). The DWM's own Adam then
 amplifies such differences where its gradients are near 0 (its first steps move each parameter by
 about the learning rate, whatever the gradient's size): the weights agree to RELATIVE until the DWM
 has stepped on differing hypergradients (its second stage), the LLM's metrics to LOOSE after."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from megatron_dwm.training.checkpointing import read_tracker
-from megatron_dwm.training.metrics import read_metrics
 from tests.training.corpus import training_flags
 from tests.training.launch import run_job
+from tests.training.run_comparison import RELATIVE, hypergradients_agree, run_logs
 
 ITERS = 6
 IDENTICAL_WEIGHTS = 4  # the weights of iterations 1-4 come from hypergradients of the first stage (iteration 2)
-RELATIVE = 1e-6
 LOOSE = 1e-4
-RESOLUTIONS = 4
+
 
 def _run(corpus, run_dir, *flags: str) -> tuple[dict, dict]:
-    metrics = run_dir / "metrics.jsonl"
     run_job(training_flags(corpus, "--train-iters", str(ITERS), "--dwm-fd-direction", "adam",
-                           "--metrics-file", str(metrics), *flags, dwm=True), 2, run_dir / "logs")
-    records = {r["iteration"]: r for r in read_metrics(metrics) if "lm loss" in r}
-    samples = {r["iteration"]: r for r in map(json.loads, (run_dir / "dwm_samples.jsonl").read_text().splitlines())}
-    return records, samples
+                           "--metrics-file", str(run_dir / "metrics.jsonl"), *flags, dwm=True), 2, run_dir / "logs")
+    return run_logs(run_dir)
 
 
 def test_distributed_optimizer_trains_as_the_plain_optimizer(corpus, tmp_path):
@@ -54,9 +48,6 @@ def test_distributed_optimizer_trains_as_the_plain_optimizer(corpus, tmp_path):
             continue
         assert ours["weight"] == pytest.approx(theirs["weight"], rel=RELATIVE, abs=1e-7), iteration
         if iteration in learned:
-            resolution = max(ours["hypergradient_resolution"], theirs["hypergradient_resolution"])
-            assert 0 < RESOLUTIONS * resolution < 0.01 * max(map(abs, theirs["hypergradient"]))
-            gaps = [abs(a - b) - RELATIVE * abs(b) for a, b in zip(ours["hypergradient"], theirs["hypergradient"])]
-            assert max(gaps) <= RESOLUTIONS * resolution, (iteration, max(gaps) / resolution)
+            assert hypergradients_agree(ours, theirs), (iteration, ours, theirs)
     assert [i for i in learned if i <= IDENTICAL_WEIGHTS] == [2, 4]
     assert plain[ITERS]["dwm/weight std"] > 0

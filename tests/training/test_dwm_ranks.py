@@ -3,7 +3,6 @@ hypergradients and losses; a DWM rank that dies or hangs ends the job with a mes
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -14,6 +13,7 @@ import pytest
 from megatron_dwm.training.metrics import read_metrics
 from tests.training.corpus import training_flags
 from tests.training.launch import Job, run_job
+from tests.training.run_comparison import RELATIVE, hypergradients_agree, run_logs
 
 FAULTS = Path(__file__).parent / "scripts" / "train_with_faults.py"
 
@@ -26,18 +26,10 @@ LAYOUTS = {  # name: (training ranks, flags, DWM ranks of the separate run)
 }
 CASES = [(layout, 1) for layout in sorted(LAYOUTS) if layout != "tp1-dp1"] + [("tp1-dp1", 2)]  # (layout, threads)
 
-# How far the two placements may differ, and why (docs/dwm.md, "The DWM on its own ranks"). The
-# placements sum the DWM encoder's per-replica gradients in different orders (an all-reduce over
-# the holders, or autograd over one DWM rank's chunks): float32 addition is not associative, so the
-# DWM's parameters, hence the weights and the LLM, may differ in their last bits on some CPUs.
-# Smooth quantities then agree to a relative RELATIVE. A hypergradient is a finite difference,
-# g_i = -(eta / n) (l_i^+ - l_i^-) / (2 eps): a last-bit change of the parameters can move each of
-# l_i^+ and l_i^- by a unit in the last place of float32, independently, which moves g_i by up to
-# two "resolutions" (eta / n) ulp(l) / (2 eps), logged with every hypergradient: whatever the CPU,
-# g_i is only known to that resolution. Hypergradients must agree to RELATIVE plus
-# RESOLUTIONS resolutions (twice the two-ulp bound: each loss's forward pass may round differently).
-RELATIVE = 1e-6
-RESOLUTIONS = 4
+# How far the two placements may differ, and why (docs/dwm.md, "The DWM on its own ranks"): they
+# sum the DWM encoder's per-replica gradients in different orders (an all-reduce over the holders,
+# or autograd over one DWM rank's chunks), so the DWM's parameters, hence the weights and the LLM,
+# may differ in their last bits on some CPUs (tests/training/run_comparison.py gives the bounds).
 
 
 def _run(corpus, run_dir, layout: str, dwm_ranks: int, threads: int):
@@ -46,16 +38,7 @@ def _run(corpus, run_dir, layout: str, dwm_ranks: int, threads: int):
     job = run_job(training_flags(corpus, *flags, "--train-iters", str(ITERS), "--metrics-file", str(metrics),
                                  "--dwm-ranks", str(dwm_ranks), dwm=True), training_ranks + dwm_ranks, run_dir / "logs",
                   env={"OMP_NUM_THREADS": str(threads)})
-    records = {r["iteration"]: r for r in read_metrics(metrics) if "lm loss" in r}
-    samples = {r["iteration"]: r for r in map(json.loads, (run_dir / "dwm_samples.jsonl").read_text().splitlines())}
-    return job, records, samples
-
-
-def _hypergradients_agree(ours: dict, theirs: dict) -> bool:
-    resolution = max(ours["hypergradient_resolution"], theirs["hypergradient_resolution"])
-    assert 0 < RESOLUTIONS * resolution < 0.01 * max(map(abs, theirs["hypergradient"]))  # far below the signal
-    return all(abs(a - b) <= RELATIVE * abs(b) + RESOLUTIONS * resolution
-               for a, b in zip(ours["hypergradient"], theirs["hypergradient"]))
+    return (job, *run_logs(run_dir))
 
 
 @pytest.mark.parametrize("layout,threads", CASES, ids=[f"{layout}-{threads}thread" for layout, threads in CASES])
@@ -78,7 +61,7 @@ def test_dwm_rank_matches_colocated_dwm(layout, threads, corpus, tmp_path):
         if iteration == 1:  # eta is 0 in the warm-up's first iteration: g is exactly 0
             assert ours["hypergradient"] == theirs["hypergradient"] == [0.0] * len(ours["weight"])
         elif "hypergradient" in ours:
-            assert _hypergradients_agree(ours, theirs), (iteration, ours, theirs)
+            assert hypergradients_agree(ours, theirs), (iteration, ours, theirs)
         for key in ("lm loss", "grad norm", "dwm/weight std", "dwm/ess"):
             assert separate[iteration][key] == pytest.approx(colocated[iteration][key], rel=RELATIVE), (iteration, key)
     # the DWM learned in both stages (the first 2 iterations of each 3-iteration stage), so the
