@@ -224,4 +224,16 @@ def _install_cpu_compatibility() -> None:
     logging.getLogger(tp_random.__name__).addFilter(
         lambda record: "CPU RNG state changed within GPU RNG context" not in record.getMessage())
 
+    # megatron-core's default causal mask names "cuda" as a literal; activation recomputation calls
+    # it again inside backward, where the torch function mode above is not active.
+    from megatron.core.fusions import fused_softmax
+    from megatron.core.transformer import utils as transformer_utils
+
+    transformer_utils.get_default_causal_mask = fused_softmax.get_default_causal_mask = _cpu_causal_mask
+
     _CudaOnCpu().__enter__()
+
+
+def _cpu_causal_mask(sq: int) -> torch.Tensor:
+    """megatron-core's `get_default_causal_mask` on the CPU: True above the diagonal (masked out)."""
+    return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)
