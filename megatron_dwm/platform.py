@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.autograd as _autograd
+from torch.autograd.graph import _engine_run_backward
 from torch.overrides import TorchFunctionMode
 
 
@@ -155,6 +157,8 @@ class _CudaOnCpu(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
+        if func is torch.autograd.backward or func is torch.Tensor.backward:
+            return self._backward(func, *args, **kwargs)
         if func is torch.Tensor.cuda:
             return args[0]
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
@@ -164,6 +168,25 @@ class _CudaOnCpu(TorchFunctionMode):
         if func is torch.Tensor.to:
             args = tuple(_CPU if _names_cuda(a) else a for a in args)
         return func(*args, **kwargs)
+
+
+    def _backward(self, func, tensors, gradient=None, retain_graph=None, create_graph=False, inputs=None,
+                  grad_tensors=None):
+        """`torch.autograd.backward` / `Tensor.backward` with this mode on for the whole backward pass.
+
+        A mode is off while its own ``__torch_function__`` runs, and calling `func` there would run the
+        backward pass without it, where megatron-core's tensor-parallel layers and activation
+        recomputation create tensors on "cuda" too. So the autograd engine is entered here, under the
+        mode, as `torch.autograd.backward` enters it (the same argument handling).
+        """
+        grads = grad_tensors if func is torch.autograd.backward else gradient
+        roots = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+        inputs = () if inputs is None else (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+        grads = _autograd._make_grads(roots, _autograd._tensor_or_tensors_to_tuple(grads, len(roots)),
+                                      is_grads_batched=False)
+        with self:
+            _engine_run_backward(roots, grads, create_graph if retain_graph is None else retain_graph, create_graph,
+                                 inputs, allow_unreachable=True, accumulate_grad=True)
 
 
 class _CpuStream:
@@ -224,16 +247,5 @@ def _install_cpu_compatibility() -> None:
     logging.getLogger(tp_random.__name__).addFilter(
         lambda record: "CPU RNG state changed within GPU RNG context" not in record.getMessage())
 
-    # megatron-core's default causal mask names "cuda" as a literal; activation recomputation calls
-    # it again inside backward, where the torch function mode above is not active.
-    from megatron.core.fusions import fused_softmax
-    from megatron.core.transformer import utils as transformer_utils
-
-    transformer_utils.get_default_causal_mask = fused_softmax.get_default_causal_mask = _cpu_causal_mask
-
     _CudaOnCpu().__enter__()
 
-
-def _cpu_causal_mask(sq: int) -> torch.Tensor:
-    """megatron-core's `get_default_causal_mask` on the CPU: True above the diagonal (masked out)."""
-    return torch.triu(torch.ones(sq, sq, dtype=torch.bool), diagonal=1)

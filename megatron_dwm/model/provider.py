@@ -10,6 +10,8 @@ module layout, for no gain on a dense Llama.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -21,6 +23,11 @@ from megatron.core.models.gpt.gpt_layer_specs import (
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import (
+    TransformerBlock,
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
 
 from megatron_dwm.model.presets import LlamaArch
 from megatron_dwm.platform import get_platform
@@ -84,13 +91,40 @@ def llama_transformer_config(
     )
 
 
-def llama_layer_spec(use_transformer_engine: bool | None = None) -> ModuleSpec:
-    """Transformer Engine's layer spec where the platform uses TE (default), megatron-core's local spec otherwise."""
+class SequenceParallelRMSNorm(torch.nn.RMSNorm):
+    """torch's RMSNorm (what megatron-core's local spec builds), its weight marked ``sequence_parallel``.
+
+    Under sequence parallelism each tensor-parallel rank normalises its own part of the sequence, so
+    the norm's weight gets a partial gradient on each; megatron-core's ``finalize_model_grads`` sums
+    the gradients of the parameters so marked over the tensor-parallel group (its Apex and Transformer
+    Engine norms mark theirs the same way). megatron-core's torch norm refuses sequence parallelism
+    only for want of this mark. Same parameters and checkpoint keys as the unmarked norm.
+    """
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: object) -> None:
+        super().__init__(hidden_size, eps=eps)
+        self.weight.sequence_parallel = config.sequence_parallel
+
+
+def llama_layer_spec(use_transformer_engine: bool | None = None, config: TransformerConfig | None = None,
+                     vp_stage: int | None = None) -> ModuleSpec:
+    """Transformer Engine's layer spec where the platform uses TE (default), megatron-core's local spec otherwise.
+
+    With ``config.sequence_parallel`` the local spec becomes a block spec (this stage's layers and the final
+    norm, for `vp_stage`) whose norms are :class:`SequenceParallelRMSNorm`.
+    """
     if use_transformer_engine is None:
         use_transformer_engine = get_platform().use_transformer_engine
     if use_transformer_engine:
         return get_gpt_layer_with_transformer_engine_spec()
-    return get_gpt_layer_local_spec(normalization="RMSNorm")
+    layer = get_gpt_layer_local_spec(normalization="RMSNorm")
+    if config is None or not config.sequence_parallel:
+        return layer
+    layer = ModuleSpec(module=layer.module, submodules=dataclasses.replace(
+        layer.submodules, input_layernorm=SequenceParallelRMSNorm, pre_mlp_layernorm=SequenceParallelRMSNorm))
+    layers = get_num_layers_to_build(config, vp_stage=vp_stage, pp_rank=parallel_state.get_pipeline_model_parallel_rank())
+    return ModuleSpec(module=TransformerBlock, submodules=TransformerBlockSubmodules(
+        layer_specs=[layer] * layers, layer_norm=SequenceParallelRMSNorm))
 
 
 def build_llama_model(
@@ -116,7 +150,7 @@ def build_llama_model(
         post_process = parallel_state.is_pipeline_last_stage()
     model = GPTModel(
         config=config,
-        transformer_layer_spec=llama_layer_spec(),
+        transformer_layer_spec=llama_layer_spec(config=config, vp_stage=vp_stage),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,
