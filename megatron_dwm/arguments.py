@@ -83,6 +83,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "pipeline_model_parallel_size": AT_LEAST_1,
     "dwm_ranks": AT_LEAST_0,
     "distributed_timeout_minutes": AT_LEAST_1,
+    "ddp_bucket_size": AT_LEAST_1,
+    "recompute_num_layers": AT_LEAST_1,
     "micro_batch_size": AT_LEAST_1,
     "global_batch_size": AT_LEAST_1,
     "train_iters": AT_LEAST_1,
@@ -203,7 +205,30 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ranks at the end of the world reserved for the data weighting model "
                                "(0: the DWM runs on the training ranks)")
     parallel.add_argument("--use-distributed-optimizer", action="store_true",
-                          help="shard optimizer state over data-parallel ranks (megatron-core, GPU only)")
+                          help="shard optimizer state over data-parallel ranks (megatron-core's distributed optimizer)")
+    parallel.add_argument("--sequence-parallel", action="store_true",
+                          help="split the sequence over tensor-parallel ranks where layers are not tensor-parallel "
+                               "(norms, dropout); off when --tensor-model-parallel-size is 1")
+    parallel.add_argument("--overlap-grad-reduce", action="store_true",
+                          help="overlap the data-parallel gradient reduction with the backward pass (DDP buckets)")
+    parallel.add_argument("--overlap-param-gather", action="store_true",
+                          help="overlap the distributed optimizer's parameter all-gather with the next forward pass "
+                               "(needs --use-distributed-optimizer and --overlap-grad-reduce)")
+    parallel.add_argument("--ddp-bucket-size", type=int, default=None,
+                          help="elements per DDP gradient bucket (default: one bucket, or with "
+                               "--overlap-grad-reduce megatron-core's max(40M, 1M x DP))")
+    parallel.add_argument("--grad-reduce-in-bf16", action="store_true",
+                          help="with --bf16: accumulate and reduce gradients in bf16, not fp32")
+    parallel.add_argument("--recompute-activations", action="store_true",
+                          help="recompute activations: the same as --recompute-granularity selective")
+    parallel.add_argument("--recompute-granularity", choices=["full", "selective"], default=None,
+                          help="activation recomputation: full (whole layers; with --recompute-method) or "
+                               "selective (the attention's core, whose activations grow with the sequence squared)")
+    parallel.add_argument("--recompute-method", choices=["uniform", "block"], default=None,
+                          help="with --recompute-granularity full: uniform (every layer, in chunks of "
+                               "--recompute-num-layers) or block (the first --recompute-num-layers of each stage)")
+    parallel.add_argument("--recompute-num-layers", type=int, default=1,
+                          help="layers per recomputed chunk (uniform) or recomputed layers per stage (block)")
     parallel.add_argument("--distributed-timeout-minutes", type=int, default=10,
                           help="timeout of collective operations")
 

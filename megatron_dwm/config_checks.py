@@ -40,7 +40,7 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     layout = _rank_layout(args, world_size, valid)
     dp = _data_parallel_size(layout, valid)
     problems = [*out_of_range.values(), *megatron_flag_problems(args), *_model_problems(args, valid),
-                *(layout.problems() if layout else [])]
+                *_scale_feature_problems(args, valid), *(layout.problems() if layout else [])]
     # the flags as given, before filling in
     conflict = [*_weighting_conflict(args), *_warmup_conflict(args), *_run_length_conflicts(args, valid)]
     fill_run_length(args, dp, valid)
@@ -166,6 +166,27 @@ def _model_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
     if args.seq_length > arch.max_position_embeddings:
         problems.append(f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
                         f"{arch.max_position_embeddings}")
+    return problems
+
+
+def _scale_feature_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """Sequence parallelism, activation recomputation and the overlaps, as Megatron-LM checks them."""
+    problems = []
+    tp = args.tensor_model_parallel_size
+    if args.sequence_parallel and tp > 1 and valid("seq_length", "tensor_model_parallel_size") \
+            and args.seq_length % tp:
+        problems.append(f"--sequence-parallel splits the sequence over tensor-parallel ranks: --seq-length "
+                        f"{args.seq_length} is not divisible by --tensor-model-parallel-size {tp}")
+    granularity = "selective" if args.recompute_activations else args.recompute_granularity
+    if args.recompute_activations and args.recompute_granularity not in (None, "selective"):
+        problems.append(f"--recompute-activations means --recompute-granularity selective, not "
+                        f"--recompute-granularity {args.recompute_granularity}")
+    if granularity == "full" and args.recompute_method is None:
+        problems.append("--recompute-granularity full needs --recompute-method uniform or block")
+    if args.recompute_method is not None and granularity != "full":
+        problems.append(f"--recompute-method {args.recompute_method} applies to --recompute-granularity full")
+    if args.overlap_param_gather and not (args.use_distributed_optimizer and args.overlap_grad_reduce):
+        problems.append("--overlap-param-gather needs --use-distributed-optimizer and --overlap-grad-reduce")
     return problems
 
 

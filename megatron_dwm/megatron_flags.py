@@ -56,7 +56,10 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--untie-embeddings-and-output-weights", "--init-method-std", "--bf16",
     # parallelism
     "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--use-distributed-optimizer",
-    "--distributed-timeout-minutes",
+    "--distributed-timeout-minutes", "--sequence-parallel", "--overlap-grad-reduce", "--overlap-param-gather",
+    "--ddp-bucket-size", "--grad-reduce-in-bf16",
+    # memory
+    "--recompute-activations", "--recompute-granularity", "--recompute-method", "--recompute-num-layers",
     # training
     "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples", "--seed", "--exit-interval",
     "--exit-duration-in-mins", "--exit-signal-handler",
@@ -125,11 +128,8 @@ REFUSED: dict[str, Flag] = {
     "--context-parallel-size": _only(int, 1, "not supported yet (only 1)"),
     "--expert-model-parallel-size": _only(int, 1, "not supported yet (only 1)"),
     **dict.fromkeys(("--num-layers-per-virtual-pipeline-stage", "--num-virtual-stages-per-pipeline-rank",
-                     "--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers",
-                     "--recompute-num-layers"), Flag(int)),
-    **dict.fromkeys(("--sequence-parallel", "--overlap-grad-reduce", "--overlap-param-gather", "--tp-comm-overlap",
-                     "--use-torch-fsdp2", "--use-megatron-fsdp", "--recompute-activations"), SWITCH),
-    "--recompute-granularity": Flag(str), "--recompute-method": Flag(str),
+                     "--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers"), Flag(int)),
+    **dict.fromkeys(("--tp-comm-overlap", "--use-torch-fsdp2", "--use-megatron-fsdp"), SWITCH),
     # precision
     "--fp16": Flag(reason="not supported yet: use --bf16 (or fp32)"),
     "--fp8-format": Flag(str), "--fp8-param-gather": SWITCH,
@@ -138,7 +138,6 @@ REFUSED: dict[str, Flag] = {
     "--fp8-interval": _only(int, 1, "not supported yet (fp8)"),
     "--fp8-amax-history-len": _only(int, 1, "not supported yet (fp8)"),
     "--fp8-amax-compute-algo": _only(str, "most_recent", "not supported yet (fp8)"),
-    "--grad-reduce-in-bf16": Flag(reason="not supported yet: gradients are reduced in fp32"),
     # loss, optimizer and schedule
     "--calculate-per-token-loss": Flag(reason="not supported yet: the loss averages the samples' losses, "
                                                "which the weighting scales"),

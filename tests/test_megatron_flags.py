@@ -12,6 +12,7 @@ import pytest
 from megatron_dwm import megatron_flags
 from megatron_dwm.arguments import ConfigError, build_parser, model_arch, parse_args
 from megatron_dwm.model.presets import PRESETS
+from megatron_dwm.training.build import ddp_options, transformer_options
 from tests.argument_fixtures import data_flags, single_process  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,10 +56,8 @@ LLAMA3_8B_FP8 = [
     "--load", "$CHECKPOINT_PATH", "--tensorboard-dir", "$TENSORBOARD_LOGS_PATH",
 ]
 LLAMA3_REFUSED = {
-    "--apply-layernorm-1p", "--decoupled-lr",
-    "--decoupled-min-lr", "--grad-reduce-in-bf16", "--calculate-per-token-loss", "--overlap-grad-reduce",
-    "--overlap-param-gather", "--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
-    "--fp8-param-gather", "--sequence-parallel",
+    "--apply-layernorm-1p", "--decoupled-lr", "--decoupled-min-lr", "--calculate-per-token-loss", "--fp8-format",
+    "--fp8-amax-history-len", "--fp8-amax-compute-algo", "--fp8-param-gather",
 }
 
 # NVIDIA/Megatron-LM examples/gpt3/train_gpt3_175b_distributed.sh, likewise; TP x PP shrunk from 8 x 16.
@@ -91,22 +90,23 @@ GPT3_REFUSED = {"--step-batch-size-schedule", "--fp16", "--vocab-file", "--merge
 # The classification, in full: a change to megatron_dwm.megatron_flags must be made here too.
 SUPPORTED = (
     "--accumulate-allreduce-grads-in-fp32", "--adam-beta1", "--adam-beta2", "--adam-eps", "--attention-dropout",
-    "--bf16", "--ckpt-format", "--ckpt-step", "--clip-grad", "--data-cache-path", "--data-path",
+    "--bf16", "--ckpt-format", "--ckpt-step", "--clip-grad", "--data-cache-path", "--data-path", "--ddp-bucket-size",
     "--disable-bias-linear", "--distributed-timeout-minutes", "--eod-mask-loss", "--eval-interval", "--eval-iters",
     "--exit-duration-in-mins", "--exit-interval", "--exit-signal-handler", "--ffn-hidden-size", "--finetune",
-    "--global-batch-size", "--group-query-attention", "--hidden-dropout", "--hidden-size", "--init-method-std",
-    "--kv-channels", "--load", "--log-interval", "--log-throughput", "--logging-level", "--lr", "--lr-decay-iters",
-    "--lr-decay-samples", "--lr-decay-style", "--lr-warmup-fraction", "--lr-warmup-init", "--lr-warmup-iters",
-    "--lr-warmup-samples", "--lr-wsd-decay-iters", "--lr-wsd-decay-samples",
+    "--global-batch-size", "--grad-reduce-in-bf16", "--group-query-attention", "--hidden-dropout", "--hidden-size",
+    "--init-method-std", "--kv-channels", "--load", "--log-interval", "--log-throughput", "--logging-level", "--lr",
+    "--lr-decay-iters", "--lr-decay-samples", "--lr-decay-style", "--lr-warmup-fraction", "--lr-warmup-init",
+    "--lr-warmup-iters", "--lr-warmup-samples", "--lr-wsd-decay-iters", "--lr-wsd-decay-samples",
     "--lr-wsd-decay-style", "--make-vocab-size-divisible-by", "--max-position-embeddings", "--micro-batch-size",
     "--min-lr", "--no-load-optim", "--no-load-rng", "--no-position-embedding", "--norm-epsilon", "--normalization",
     "--num-attention-heads", "--num-layers", "--num-query-groups", "--num-workers", "--optimizer",
-    "--per-split-data-args-path", "--pipeline-model-parallel-size", "--position-embedding-type",
-    "--reset-attention-mask", "--reset-position-ids", "--rotary-base", "--rotary-percent", "--save",
-    "--save-interval", "--seed", "--seq-length", "--split", "--swiglu", "--tensor-model-parallel-size",
-    "--tensorboard-dir", "--tokenizer-model", "--tokenizer-type", "--train-iters", "--train-samples",
-    "--untie-embeddings-and-output-weights", "--use-distributed-optimizer", "--use-rotary-position-embeddings",
-    "--vocab-size", "--weight-decay",
+    "--overlap-grad-reduce", "--overlap-param-gather", "--per-split-data-args-path", "--pipeline-model-parallel-size",
+    "--position-embedding-type", "--recompute-activations", "--recompute-granularity", "--recompute-method",
+    "--recompute-num-layers", "--reset-attention-mask", "--reset-position-ids", "--rotary-base", "--rotary-percent",
+    "--save", "--save-interval", "--seed", "--seq-length", "--sequence-parallel", "--split", "--swiglu",
+    "--tensor-model-parallel-size", "--tensorboard-dir", "--tokenizer-model", "--tokenizer-type", "--train-iters",
+    "--train-samples", "--untie-embeddings-and-output-weights", "--use-distributed-optimizer",
+    "--use-rotary-position-embeddings", "--vocab-size", "--weight-decay",
 )
 IGNORED = (
     "--attention-backend", "--cross-entropy-fusion-impl", "--cross-entropy-loss-fusion", "--distributed-backend",
@@ -127,14 +127,11 @@ REFUSED = (
     "--decoder-last-pipeline-num-layers", "--decoupled-lr", "--decoupled-min-lr", "--end-weight-decay",
     "--expert-model-parallel-size", "--fp16", "--fp32-residual-connection", "--fp8-amax-compute-algo",
     "--fp8-amax-history-len", "--fp8-format", "--fp8-interval", "--fp8-margin", "--fp8-param-gather", "--fp8-recipe",
-    "--grad-reduce-in-bf16", "--merge-file",
-    "--mock-data", "--multi-latent-attention", "--num-experts", "--num-layers-per-virtual-pipeline-stage",
-    "--num-virtual-stages-per-pipeline-rank", "--openai-gelu", "--overlap-grad-reduce", "--overlap-param-gather",
-    "--qk-layernorm", "--rampup-batch-size", "--recompute-activations", "--recompute-granularity",
-    "--recompute-method", "--recompute-num-layers", "--rotary-interleaved", "--sequence-parallel",
-    "--squared-relu", "--start-weight-decay", "--step-batch-size-schedule", "--test-data-path", "--tp-comm-overlap",
-    "--train-data-path", "--use-megatron-fsdp", "--use-rope-scaling", "--use-torch-fsdp2",
-    "--valid-data-path", "--vocab-file", "--weight-decay-incr-style",
+    "--merge-file", "--mock-data", "--multi-latent-attention", "--num-experts",
+    "--num-layers-per-virtual-pipeline-stage", "--num-virtual-stages-per-pipeline-rank", "--openai-gelu",
+    "--qk-layernorm", "--rampup-batch-size", "--rotary-interleaved", "--squared-relu", "--start-weight-decay",
+    "--step-batch-size-schedule", "--test-data-path", "--tp-comm-overlap", "--train-data-path", "--use-megatron-fsdp",
+    "--use-rope-scaling", "--use-torch-fsdp2", "--valid-data-path", "--vocab-file", "--weight-decay-incr-style",
 )
 LLAMA = "contradicts the Llama architecture this project builds"
 
@@ -347,3 +344,41 @@ def test_sample_and_iteration_flags_are_not_mixed(flags, message, data_flags):
     with pytest.raises(ConfigError) as error:
         parse_args([*data_flags, "--global-batch-size", "8", *flags])
     assert message in _problems(error.value), _problems(error.value)
+
+
+@pytest.mark.parametrize("flags,world_size,message", [
+    (["--recompute-granularity", "full"], 1, "--recompute-granularity full needs --recompute-method uniform or block"),
+    (["--recompute-method", "block"], 1, "--recompute-method block applies to --recompute-granularity full"),
+    (["--recompute-activations", "--recompute-method", "uniform"], 1,
+     "--recompute-method uniform applies to --recompute-granularity full"),
+    (["--recompute-activations", "--recompute-granularity", "full"], 1,
+     "--recompute-activations means --recompute-granularity selective, not --recompute-granularity full"),
+    (["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "0"], 1,
+     "--recompute-num-layers 0 must be >= 1"),
+    (["--overlap-param-gather", "--overlap-grad-reduce"], 2,
+     "--overlap-param-gather needs --use-distributed-optimizer and --overlap-grad-reduce"),
+    (["--overlap-param-gather", "--use-distributed-optimizer"], 2,
+     "--overlap-param-gather needs --use-distributed-optimizer and --overlap-grad-reduce"),
+    (["--sequence-parallel", "--tensor-model-parallel-size", "2", "--seq-length", "65"], 2,
+     "--sequence-parallel splits the sequence over tensor-parallel ranks: --seq-length 65 is not divisible by "
+     "--tensor-model-parallel-size 2"),
+    (["--ddp-bucket-size", "0"], 1, "--ddp-bucket-size 0 must be >= 1"),
+])
+def test_memory_and_overlap_flags_are_checked_as_in_megatron_lm(flags, world_size, message, data_flags):
+    with pytest.raises(ConfigError) as error:
+        parse_args([*data_flags, *flags], world_size=world_size)
+    assert _problems(error.value) == [message]
+
+
+def test_memory_and_overlap_flags_reach_megatron_core(data_flags):
+    args = parse_args([*data_flags, "--tensor-model-parallel-size", "2", "--sequence-parallel",
+                       "--recompute-granularity", "full", "--recompute-method", "block", "--recompute-num-layers", "2",
+                       "--bf16", "--grad-reduce-in-bf16", "--overlap-grad-reduce", "--ddp-bucket-size", "1000"],
+                      world_size=2)
+    assert transformer_options(args) == dict(sequence_parallel=True, recompute_granularity="full",
+                                             recompute_method="block", recompute_num_layers=2)
+    assert ddp_options(args) == dict(use_distributed_optimizer=False, overlap_grad_reduce=True,
+                                     overlap_param_gather=False, bucket_size=1000, grad_reduce_in_fp32=False)
+    selective = parse_args([*data_flags, "--recompute-activations", "--grad-reduce-in-bf16"], world_size=1)
+    assert transformer_options(selective) == dict(sequence_parallel=False, recompute_granularity="selective")
+    assert ddp_options(selective)["grad_reduce_in_fp32"]  # --grad-reduce-in-bf16 acts under --bf16 only

@@ -21,11 +21,41 @@ def llm_arch(args) -> tuple[TextTokenizer, LlamaArch, int]:
     return tokenizer, arch, padded
 
 
-def wrap_ddp(model, config=None, use_distributed_optimizer: bool = False):
-    """megatron-core DDP around one model chunk (gradients reduced in fp32, no overlap)."""
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                               use_distributed_optimizer=use_distributed_optimizer)
-    return DistributedDataParallel(model.config if config is None else config, ddp_config, model)
+def wrap_ddp(model, use_distributed_optimizer: bool = False, overlap_grad_reduce: bool = False,
+             overlap_param_gather: bool = False, grad_reduce_in_fp32: bool = True,
+             bucket_size: int | None = None) -> DistributedDataParallel:
+    """megatron-core DDP around one model chunk (by default: gradients reduced in fp32, one bucket, no overlap)."""
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=grad_reduce_in_fp32,
+                                               overlap_grad_reduce=overlap_grad_reduce,
+                                               overlap_param_gather=overlap_param_gather,
+                                               use_distributed_optimizer=use_distributed_optimizer,
+                                               bucket_size=bucket_size)
+    return DistributedDataParallel(model.config, ddp_config, model)
+
+
+def ddp_options(args) -> dict:
+    """wrap_ddp's options from Megatron-LM's flags (--grad-reduce-in-bf16 acts under --bf16 only, as there)."""
+    return dict(use_distributed_optimizer=args.use_distributed_optimizer, overlap_grad_reduce=args.overlap_grad_reduce,
+                overlap_param_gather=args.overlap_param_gather, bucket_size=args.ddp_bucket_size,
+                grad_reduce_in_fp32=not (args.bf16 and args.grad_reduce_in_bf16))
+
+
+def transformer_options(args) -> dict:
+    """llama_transformer_config's sequence-parallel and activation-recomputation options from Megatron-LM's flags
+    (--recompute-activations is --recompute-granularity selective; the layer count is full recomputation's)."""
+    granularity = "selective" if args.recompute_activations else args.recompute_granularity
+    options = dict(sequence_parallel=args.sequence_parallel, recompute_granularity=granularity)
+    if granularity == "full":
+        options.update(recompute_method=args.recompute_method, recompute_num_layers=args.recompute_num_layers)
+    return options
+
+
+def enable_overlaps(config, model: DistributedDataParallel) -> None:
+    """Let megatron-core's pipeline schedule drive DDP's overlapped gradient reduction, as Megatron-LM does:
+    no reduction between micro batches, each bucket's started as soon as its last gradient is ready."""
+    if model.ddp_config.overlap_grad_reduce:
+        config.no_sync_func = model.no_sync
+        config.grad_sync_func = model.start_grad_sync
 
 
 def build_optimizer(ddp_model, lr: float, weight_decay: float = 0.01, clip_grad: float = 1.0,

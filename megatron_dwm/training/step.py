@@ -36,8 +36,14 @@ def run_global_batch(
         index = next(data_iterator)
         return loss.forward_step(chunk, microbatches[index], None if weights is None else weights[index], forward_only)
 
-    get_forward_backward_func()(forward_step_func=step, data_iterator=batches, model=[model],
-                                num_microbatches=len(microbatches), seq_length=tokens.shape[1],
-                                micro_batch_size=tokens.shape[0], forward_only=forward_only,
-                                force_all_reduce=force_all_reduce)
+    # With --overlap-grad-reduce, DDP's backward hooks start each bucket's reduction themselves: the
+    # all-reduce is asked of them too (megatron-core's DDP.force_all_reduce), not only of the final sync.
+    model.force_all_reduce = force_all_reduce
+    try:
+        get_forward_backward_func()(forward_step_func=step, data_iterator=batches, model=[model],
+                                    num_microbatches=len(microbatches), seq_length=tokens.shape[1],
+                                    micro_batch_size=tokens.shape[0], forward_only=forward_only,
+                                    force_all_reduce=force_all_reduce)
+    finally:
+        model.force_all_reduce = False
     return loss.collected()

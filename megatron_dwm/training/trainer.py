@@ -24,7 +24,14 @@ from megatron_dwm.model.provider import build_llama_model, llama_transformer_con
 from megatron_dwm.parallel import ParallelContext, print_rank0
 from megatron_dwm.platform import get_platform
 from megatron_dwm.training import checkpointing
-from megatron_dwm.training.build import build_optimizer, llm_arch, wrap_ddp
+from megatron_dwm.training.build import (
+    build_optimizer,
+    ddp_options,
+    enable_overlaps,
+    llm_arch,
+    transformer_options,
+    wrap_ddp,
+)
 from megatron_dwm.training.checkpoint_manager import DWM_COMPONENT, CheckpointManager, check_checkpoints
 from megatron_dwm.training.data_iterators import TrainingData
 from megatron_dwm.training.dwm_ranks import DWMRanksLink, remote_dwm
@@ -56,10 +63,12 @@ class Trainer:
         tokenizer, self.arch, self.padded_vocab = llm_arch(args)
         config = llama_transformer_config(self.arch, tensor_model_parallel_size=args.tensor_model_parallel_size,
                                           pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-                                          bf16=args.bf16, init_method_std=args.init_method_std)
+                                          bf16=args.bf16, init_method_std=args.init_method_std,
+                                          **transformer_options(args))
         model = build_llama_model(self.arch, config, self.padded_vocab, args.seq_length,
                                   pg_collection=context.pg_collection)
-        self.model = wrap_ddp(model, use_distributed_optimizer=args.use_distributed_optimizer)
+        self.model = wrap_ddp(model, **ddp_options(args))
+        enable_overlaps(config, self.model)
         self.optimizer = build_optimizer(
             self.model, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, clip_grad=args.clip_grad,
             bf16=args.bf16, use_distributed_optimizer=args.use_distributed_optimizer,
@@ -116,6 +125,7 @@ class Trainer:
     def save(self) -> None:
         if not self.args.save:
             return
+        self._gather_parameters()
         iteration = self.progress.iteration
         common = self.checkpoints.common_state(self.args)
         if self.dwm_ranks:
@@ -229,8 +239,15 @@ class Trainer:
         if self.dwm_ranks:
             self.dwm_ranks.stop()
 
+    def _gather_parameters(self) -> None:
+        """--overlap-param-gather leaves the all-gather of the updated parameters to the next training forward
+        pass: complete it now, before an evaluation or a checkpoint reads them (Megatron-LM's force_param_sync)."""
+        if self.args.overlap_param_gather:
+            self.model.start_param_sync(force_sync=True)
+
     def run_evaluation(self) -> None:
         """Valid split of the blend (--eval-iters global batches) and the LAMBADA-style set."""
+        self._gather_parameters()
         results: dict[str, float] = {}
         if self.data.has_valid:
             totals = evaluate(self.model, lambda: self.data.next_global_batch(self.data.valid), self.args.eval_iters,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from megatron_dwm.training.metrics import read_metrics
 
 RELATIVE = 1e-6
@@ -34,3 +36,28 @@ def hypergradients_agree(ours: dict, theirs: dict) -> bool:
     assert 0 < RESOLUTIONS * resolution < 0.01 * max(map(abs, theirs["hypergradient"]))  # far below the signal
     return all(abs(a - b) <= RELATIVE * abs(b) + RESOLUTIONS * resolution
                for a, b in zip(ours["hypergradient"], theirs["hypergradient"]))
+
+
+def assert_same_training(ours: tuple[dict, dict], theirs: tuple[dict, dict], identical_weights: int,
+                         loose: float = 1e-4) -> list[int]:
+    """Two runs' logs (from run_logs) agree iteration by iteration: loss and grad norm to RELATIVE while the
+    DWM's weights come from hypergradients that agree (up to `identical_weights`), to `loose` after (the DWM's
+    Adam amplifies last-bit differences where its gradients are near 0); weights to RELATIVE and hypergradients
+    by hypergradients_agree up to `identical_weights`. Returns the iterations whose hypergradients were compared
+    (those the reference learned from)."""
+    (records, samples), (reference, reference_samples) = ours, theirs
+    assert sorted(records) == sorted(reference)
+    compared = []
+    for iteration in sorted(reference):
+        tolerance = RELATIVE if iteration <= identical_weights else loose
+        for key in ("lm loss", "grad norm"):
+            assert records[iteration][key] == pytest.approx(reference[iteration][key], rel=tolerance), (iteration, key)
+        mine, other = samples[iteration], reference_samples[iteration]
+        assert ("hypergradient" in mine) == ("hypergradient" in other), iteration
+        if iteration > identical_weights:
+            continue
+        assert mine["weight"] == pytest.approx(other["weight"], rel=RELATIVE, abs=1e-7), iteration
+        if "hypergradient" in other and any(other["hypergradient"]):  # all 0 where the learning rate is 0
+            assert hypergradients_agree(mine, other), (iteration, mine, other)
+            compared.append(iteration)
+    return compared
