@@ -55,8 +55,8 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--make-vocab-size-divisible-by", "--seq-length", "--rotary-base", "--norm-epsilon",
     "--untie-embeddings-and-output-weights", "--init-method-std", "--bf16",
     # parallelism
-    "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--use-distributed-optimizer",
-    "--distributed-timeout-minutes",
+    "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--num-layers-per-virtual-pipeline-stage",
+    "--num-virtual-stages-per-pipeline-rank", "--use-distributed-optimizer", "--distributed-timeout-minutes",
     # training
     "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples", "--seed", "--exit-interval",
     "--exit-duration-in-mins", "--exit-signal-handler",
@@ -124,8 +124,7 @@ REFUSED: dict[str, Flag] = {
     # parallelism and memory
     "--context-parallel-size": _only(int, 1, "not supported yet (only 1)"),
     "--expert-model-parallel-size": _only(int, 1, "not supported yet (only 1)"),
-    **dict.fromkeys(("--num-layers-per-virtual-pipeline-stage", "--num-virtual-stages-per-pipeline-rank",
-                     "--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers",
+    **dict.fromkeys(("--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers",
                      "--recompute-num-layers"), Flag(int)),
     **dict.fromkeys(("--sequence-parallel", "--overlap-grad-reduce", "--overlap-param-gather", "--tp-comm-overlap",
                      "--use-torch-fsdp2", "--use-megatron-fsdp", "--recompute-activations"), SWITCH),

@@ -21,21 +21,35 @@ def llm_arch(args) -> tuple[TextTokenizer, LlamaArch, int]:
     return tokenizer, arch, padded
 
 
-def wrap_ddp(model, config=None, use_distributed_optimizer: bool = False):
+def model_chunks(model) -> list:
+    """A rank's model chunks: `model` if it is their list (one per virtual pipeline stage under the
+    interleaved schedule, as Megatron-LM holds them), else the one chunk `model`, listed."""
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
+def wrap_ddp(model, config=None, use_distributed_optimizer: bool = False, disable_bucketing: bool = False):
     """megatron-core DDP around one model chunk (gradients reduced in fp32, no overlap)."""
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=use_distributed_optimizer)
-    return DistributedDataParallel(model.config if config is None else config, ddp_config, model)
+    return DistributedDataParallel(model.config if config is None else config, ddp_config, model,
+                                   disable_bucketing=disable_bucketing)
+
+
+def wrap_ddp_chunks(chunks: list, use_distributed_optimizer: bool = False) -> list:
+    """DDP around each of a rank's model chunks, bucketing the first only, as Megatron-LM's ``get_model``."""
+    return [wrap_ddp(chunk, use_distributed_optimizer=use_distributed_optimizer, disable_bucketing=index > 0)
+            for index, chunk in enumerate(chunks)]
 
 
 def build_optimizer(ddp_model, lr: float, weight_decay: float = 0.01, clip_grad: float = 1.0,
                     bf16: bool = False, use_distributed_optimizer: bool = False, min_lr: float = 0.0,
                     adam_beta1: float = 0.9, adam_beta2: float = 0.999, adam_eps: float = 1e-8) -> MegatronOptimizer:
-    """megatron-core's Adam (mixed precision with fp32 master weights when bf16)."""
+    """megatron-core's Adam (mixed precision with fp32 master weights when bf16) over the DDP-wrapped
+    model chunk `ddp_model` or list of chunks."""
     config = OptimizerConfig(optimizer="adam", lr=lr, min_lr=min_lr, weight_decay=weight_decay, clip_grad=clip_grad,
                              bf16=bf16, use_distributed_optimizer=use_distributed_optimizer,
                              adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_eps=adam_eps)
-    return get_megatron_optimizer(config, [ddp_model])
+    return get_megatron_optimizer(config, model_chunks(ddp_model))
 
 
 def distributed_optimizer(optimizer: MegatronOptimizer) -> DistributedOptimizer | None:
