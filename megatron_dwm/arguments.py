@@ -81,6 +81,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "seq_length": AT_LEAST_1,
     "tensor_model_parallel_size": AT_LEAST_1,
     "pipeline_model_parallel_size": AT_LEAST_1,
+    "num_layers_per_virtual_pipeline_stage": AT_LEAST_1,
+    "num_virtual_stages_per_pipeline_rank": AT_LEAST_1,
     "dwm_ranks": AT_LEAST_0,
     "distributed_timeout_minutes": AT_LEAST_1,
     "ddp_bucket_size": AT_LEAST_1,
@@ -201,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     parallel = parser.add_argument_group("parallelism")
     parallel.add_argument("--tensor-model-parallel-size", type=int, default=1, help="tensor-parallel size (TP)")
     parallel.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="pipeline-parallel size (PP)")
+    parallel.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
+                          help="megatron-core's interleaved pipeline schedule: the model is cut into chunks "
+                               "(virtual stages) of this many layers, dealt out to the PP ranks in turn, each rank "
+                               "holding --num-layers / PP / this of them (PP > 1)")
+    parallel.add_argument("--num-virtual-stages-per-pipeline-rank", type=int, default=None,
+                          help="the interleaved pipeline schedule given by the number of model chunks each PP rank "
+                               "holds instead (excludes --num-layers-per-virtual-pipeline-stage)")
     parallel.add_argument("--dwm-ranks", type=int, default=0,
                           help="ranks at the end of the world reserved for the data weighting model "
                                "(0: the DWM runs on the training ranks)")
@@ -381,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="JSON-lines metrics log (default: metrics.jsonl in --tensorboard-dir, "
                               "else in --save)")
     add_megatron_flags(parser)
+    # Megatron-LM's derived value: model chunks per pipeline rank (None: one, the plain schedule), set by
+    # validate_args from the two virtual-pipeline flags
+    parser.set_defaults(virtual_pipeline_model_parallel_size=None)
     return parser
 
 

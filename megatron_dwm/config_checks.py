@@ -41,6 +41,9 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     dp = _data_parallel_size(layout, valid)
     problems = [*out_of_range.values(), *megatron_flag_problems(args), *_model_problems(args, valid),
                 *_scale_feature_problems(args, valid), *(layout.problems() if layout else [])]
+    if not fill_virtual_pipeline(args, valid):
+        unknown.add("virtual_pipeline_model_parallel_size")
+    problems += _virtual_pipeline_problems(args, valid)
     # the flags as given, before filling in
     conflict = [*_weighting_conflict(args), *_warmup_conflict(args), *_run_length_conflicts(args, valid)]
     fill_run_length(args, dp, valid)
@@ -116,11 +119,12 @@ def _fill_dwm_defaults(args: argparse.Namespace, data_parallel_size: int | None,
 
 
 def default_valid_batch_size(args: argparse.Namespace, data_parallel_size: int) -> int:
-    """A quarter of the global batch, rounded down to a multiple of micro batch x DP (at least one).
+    """A quarter of the global batch, rounded down to a multiple of micro batch x DP (at least one),
+    and of PP micro batches per replica under the interleaved pipeline schedule.
 
     The outer step's forward+backward on the validation batch is its costliest part after the two
     forward-only passes; a quarter batch keeps a DWM-phase step near 2x a plain one (docs/performance.md)."""
-    unit = args.micro_batch_size * data_parallel_size
+    unit = args.micro_batch_size * data_parallel_size * _microbatch_multiple(args)
     return max(unit, args.global_batch_size // 4 // unit * unit)
 
 
@@ -191,11 +195,93 @@ def _scale_feature_problems(args: argparse.Namespace, valid: Valid) -> list[str]
 
 
 def _batch_problems(args: argparse.Namespace, data_parallel_size: int | None) -> list[str]:
-    """The global batch against micro batch x data-parallel size."""
-    if data_parallel_size is None or not args.global_batch_size % (args.micro_batch_size * data_parallel_size):
+    """The global batch against micro batch x data-parallel size (and the interleaved schedule)."""
+    if data_parallel_size is None:
         return []
-    return [f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
-            f"{args.micro_batch_size} x data-parallel size {data_parallel_size}"]
+    if args.global_batch_size % (args.micro_batch_size * data_parallel_size):
+        return [f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
+                f"{args.micro_batch_size} x data-parallel size {data_parallel_size}"]
+    return _interleaved_microbatch_problems(args, "--global-batch-size", args.global_batch_size, data_parallel_size)
+
+
+# --- the interleaved (virtual) pipeline schedule ------------------------------------------------
+
+
+def _stage_layers(args: argparse.Namespace, valid: Valid) -> int | None:
+    """The layers of one pipeline stage, or None where the model or PP is invalid (reported)."""
+    if not valid(*MODEL_SHAPE_FLAGS, "pipeline_model_parallel_size"):
+        return None
+    try:
+        layers = model_arch(args).num_layers
+    except ValueError:
+        return None
+    pp = args.pipeline_model_parallel_size
+    return None if layers % pp else layers // pp
+
+
+def fill_virtual_pipeline(args: argparse.Namespace, valid: Valid) -> bool:
+    """Megatron-LM's ``virtual_pipeline_model_parallel_size``: the model chunks each pipeline rank
+    holds, --num-virtual-stages-per-pipeline-rank or the layers of a stage over
+    --num-layers-per-virtual-pipeline-stage; None for one chunk (the plain schedule), as Megatron-LM.
+    Returns whether it is known (otherwise its cause is reported)."""
+    per_chunk, chunks = args.num_layers_per_virtual_pipeline_stage, args.num_virtual_stages_per_pipeline_rank
+    args.virtual_pipeline_model_parallel_size = None
+    if per_chunk is not None and chunks is not None:
+        return False
+    if chunks is not None:
+        if not valid("num_virtual_stages_per_pipeline_rank"):
+            return False
+    elif per_chunk is not None:
+        stage_layers = _stage_layers(args, valid)
+        if stage_layers is None or not valid("num_layers_per_virtual_pipeline_stage") or stage_layers % per_chunk:
+            return False
+        chunks = stage_layers // per_chunk
+    if chunks is not None and chunks > 1:
+        args.virtual_pipeline_model_parallel_size = chunks
+    return True
+
+
+def _virtual_pipeline_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """The virtual-pipeline flags against each other, the model and PP (Megatron-LM's and
+    megatron-core's own conditions)."""
+    per_chunk, chunks = args.num_layers_per_virtual_pipeline_stage, args.num_virtual_stages_per_pipeline_rank
+    if per_chunk is not None and chunks is not None:
+        return [f"--num-layers-per-virtual-pipeline-stage {per_chunk} and --num-virtual-stages-per-pipeline-rank "
+                f"{chunks} both set the virtual pipeline: keep one of them"]
+    flag, value = (("--num-layers-per-virtual-pipeline-stage", per_chunk) if per_chunk is not None
+                   else ("--num-virtual-stages-per-pipeline-rank", chunks))
+    if value is None or not valid(flag[2:].replace("-", "_")):
+        return []
+    problems = []
+    stage_layers = _stage_layers(args, valid)
+    if stage_layers is not None and stage_layers % value:
+        split = "are not a multiple of it" if per_chunk is not None else f"do not split into {value} equal model chunks"
+        problems.append(f"{flag} {value}: the {stage_layers} layers of each pipeline stage (--num-layers "
+                        f"{stage_layers * args.pipeline_model_parallel_size} / --pipeline-model-parallel-size "
+                        f"{args.pipeline_model_parallel_size}) {split}")
+    if args.virtual_pipeline_model_parallel_size and args.pipeline_model_parallel_size == 1:
+        problems.append(f"{flag} {value}: the interleaved pipeline schedule needs --pipeline-model-parallel-size > 1")
+    return problems
+
+
+def _microbatch_multiple(args: argparse.Namespace) -> int:
+    """What the number of micro batches of a DP replica's batch must be a multiple of: PP under the
+    interleaved schedule (megatron-core runs each model chunk on groups of PP micro batches), else 1.
+    Called once the layout is valid."""
+    return args.pipeline_model_parallel_size if args.virtual_pipeline_model_parallel_size else 1
+
+
+def _interleaved_microbatch_problems(args: argparse.Namespace, flag: str, samples: int,
+                                     data_parallel_size: int) -> list[str]:
+    """`samples` (given by `flag`, whole micro batches per DP replica) against the interleaved schedule."""
+    multiple = _microbatch_multiple(args)
+    microbatches = samples // (args.micro_batch_size * data_parallel_size)
+    if microbatches % multiple == 0:
+        return []
+    batches = f"{microbatches} micro batch{'' if microbatches == 1 else 'es'}"
+    return [f"{flag} {samples} makes {batches} per data-parallel replica (--micro-batch-size {args.micro_batch_size} "
+            f"x data-parallel size {data_parallel_size}); the interleaved pipeline schedule needs a multiple of "
+            f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size}"]
 
 
 def _platform_problems(args: argparse.Namespace) -> list[str]:
@@ -293,10 +379,13 @@ def _dwm_problems(args: argparse.Namespace, data_parallel_size: int | None, vali
         return [f"--dwm-ranks {args.dwm_ranks} reserves ranks for the DWM, which --weighting {args.weighting} "
                 "does not use: use --dwm-ranks 0"] if args.dwm_ranks > 0 else []
     problems = _dwm_phase_problems(args, valid)
-    if data_parallel_size and valid("dwm_valid_batch_size") \
-            and args.dwm_valid_batch_size % (args.micro_batch_size * data_parallel_size):
-        problems.append(f"--dwm-valid-batch-size {args.dwm_valid_batch_size} is not a positive multiple of "
-                        f"--micro-batch-size {args.micro_batch_size} x data-parallel size {data_parallel_size}")
+    if data_parallel_size and valid("dwm_valid_batch_size"):
+        if args.dwm_valid_batch_size % (args.micro_batch_size * data_parallel_size):
+            problems.append(f"--dwm-valid-batch-size {args.dwm_valid_batch_size} is not a positive multiple of "
+                            f"--micro-batch-size {args.micro_batch_size} x data-parallel size {data_parallel_size}")
+        else:
+            problems += _interleaved_microbatch_problems(args, "--dwm-valid-batch-size", args.dwm_valid_batch_size,
+                                                         data_parallel_size)
     updates = valid("dwm_update_iters") and args.dwm_update_iters > 0 and not args.dwm_freeze
     if updates and args.dwm_valid_data_path is None:
         problems.append("updating the DWM needs its validation set: give --dwm-valid-data-path "

@@ -55,9 +55,10 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--make-vocab-size-divisible-by", "--seq-length", "--rotary-base", "--norm-epsilon",
     "--untie-embeddings-and-output-weights", "--init-method-std", "--bf16",
     # parallelism
-    "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--use-distributed-optimizer",
-    "--distributed-timeout-minutes", "--sequence-parallel", "--overlap-grad-reduce", "--overlap-param-gather",
-    "--ddp-bucket-size", "--grad-reduce-in-bf16",
+    "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--num-layers-per-virtual-pipeline-stage",
+    "--num-virtual-stages-per-pipeline-rank", "--use-distributed-optimizer", "--distributed-timeout-minutes",
+    "--sequence-parallel", "--overlap-grad-reduce", "--overlap-param-gather", "--ddp-bucket-size",
+    "--grad-reduce-in-bf16",
     # memory
     "--recompute-activations", "--recompute-granularity", "--recompute-method", "--recompute-num-layers",
     # training
@@ -127,8 +128,7 @@ REFUSED: dict[str, Flag] = {
     # parallelism and memory
     "--context-parallel-size": _only(int, 1, "not supported yet (only 1)"),
     "--expert-model-parallel-size": _only(int, 1, "not supported yet (only 1)"),
-    **dict.fromkeys(("--num-layers-per-virtual-pipeline-stage", "--num-virtual-stages-per-pipeline-rank",
-                     "--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers"), Flag(int)),
+    **dict.fromkeys(("--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers"), Flag(int)),
     **dict.fromkeys(("--tp-comm-overlap", "--use-torch-fsdp2", "--use-megatron-fsdp"), SWITCH),
     # precision
     "--fp16": Flag(reason="not supported yet: use --bf16 (or fp32)"),

@@ -113,10 +113,13 @@ def initialize_parallel(
     dwm_ranks: int = 0,
     seed: int = 1234,
     timeout_minutes: int = 10,
+    virtual_pipeline_model_parallel_size: int | None = None,
 ) -> ParallelContext:
     """Join the world, build the LLM's megatron-core groups on ranks 0..T-1, and seed the RNGs.
 
-    Called by every rank of the world. Raises ValueError naming the flags if the layout is impossible.
+    `virtual_pipeline_model_parallel_size`: model chunks per pipeline rank (None: one), which selects
+    megatron-core's interleaved pipeline schedule. Called by every rank of the world. Raises
+    ValueError naming the flags if the layout is impossible.
     """
     init_distributed(timeout_minutes)
     layout = RankLayout(dist.get_world_size(), tensor_model_parallel_size, pipeline_model_parallel_size, dwm_ranks)
@@ -127,6 +130,7 @@ def initialize_parallel(
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
         rank_offset=0,
         local_world_size=layout.llm_world_size,
         distributed_timeout_minutes=timeout_minutes,

@@ -18,6 +18,9 @@ from tests.argument_fixtures import data_flags, single_process  # noqa: F401 - f
 REPO = Path(__file__).resolve().parents[1]
 
 
+PP2 = ["--pipeline-model-parallel-size", "2"]
+
+
 @pytest.fixture
 def _validate(data_flags):
     def validate(flags: list[str], world_size: int) -> None:
@@ -40,6 +43,21 @@ def _validate(data_flags):
      "--global-batch-size 6 is not divisible by --micro-batch-size 2 x data-parallel size 2"),
     (["--use-distributed-optimizer", "--load", "/nonexistent/ckpt"], 1, "--use-distributed-optimizer with --load needs a GPU"),
     (["--dwm-valid-data-path", "/nonexistent/lambada"], 1, "--dwm-valid-data-path: no /nonexistent/lambada.bin/.idx"),
+    ([*PP2, "--num-layers-per-virtual-pipeline-stage", "1", "--num-virtual-stages-per-pipeline-rank", "2"], 2,
+     "--num-layers-per-virtual-pipeline-stage 1 and --num-virtual-stages-per-pipeline-rank 2 both set the virtual "
+     "pipeline: keep one of them"),
+    ([*PP2, "--num-layers-per-virtual-pipeline-stage", "3"], 2,
+     "--num-layers-per-virtual-pipeline-stage 3: the 2 layers of each pipeline stage (--num-layers 4 / "
+     "--pipeline-model-parallel-size 2) are not a multiple of it"),
+    ([*PP2, "--num-virtual-stages-per-pipeline-rank", "3"], 2,
+     "--num-virtual-stages-per-pipeline-rank 3: the 2 layers of each pipeline stage (--num-layers 4 / "
+     "--pipeline-model-parallel-size 2) do not split into 3 equal model chunks"),
+    (["--num-virtual-stages-per-pipeline-rank", "2"], 1,
+     "--num-virtual-stages-per-pipeline-rank 2: the interleaved pipeline schedule needs "
+     "--pipeline-model-parallel-size > 1"),
+    ([*PP2, "--num-virtual-stages-per-pipeline-rank", "2", "--micro-batch-size", "2", "--global-batch-size", "6"], 2,
+     "--global-batch-size 6 makes 3 micro batches per data-parallel replica (--micro-batch-size 2 x data-parallel size "
+     "1); the interleaved pipeline schedule needs a multiple of --pipeline-model-parallel-size 2"),
 ])
 def test_impossible_configuration_is_named(flags, world_size, message, _validate):
     with pytest.raises(ConfigError) as error:
@@ -72,6 +90,32 @@ def test_default_validation_batch_is_a_quarter_of_the_global_batch(corpus, data_
                                       "--global-batch-size", str(global_batch)])
     validate_args(args, world_size=world_size)
     assert args.dwm_valid_batch_size == expected
+
+
+@pytest.mark.parametrize("flags,chunks", [
+    ([*PP2, "--num-layers", "8", "--num-layers-per-virtual-pipeline-stage", "1"], 4),  # 8 layers / PP 2 / 1
+    ([*PP2, "--num-layers", "8", "--num-layers-per-virtual-pipeline-stage", "2"], 2),
+    ([*PP2, "--num-virtual-stages-per-pipeline-rank", "2"], 2),
+    ([*PP2, "--num-layers-per-virtual-pipeline-stage", "2"], None),  # one chunk per rank: the plain schedule
+    (["--num-virtual-stages-per-pipeline-rank", "1"], None),
+    ([], None),
+])
+def test_virtual_pipeline_size_is_derived_as_megatron_lm(data_flags, flags, chunks):
+    args = build_parser().parse_args([*data_flags, "--global-batch-size", "8", *flags])
+    validate_args(args, world_size=2 if PP2[0] in flags else 1)
+    assert args.virtual_pipeline_model_parallel_size == chunks
+
+
+def test_interleaved_schedule_rounds_the_default_validation_batch_to_pp_micro_batches(corpus, data_flags):
+    dwm_flags = [flag for flag in data_flags if flag != "--dwm-disable"]
+    batch = [*dwm_flags, "--dwm-valid-data-path", str(corpus["valid"]), *PP2, "--micro-batch-size", "2",
+             "--global-batch-size", "8"]
+    sizes = []
+    for flags in ([], ["--num-virtual-stages-per-pipeline-rank", "2"]):
+        args = build_parser().parse_args([*batch, *flags])
+        validate_args(args, world_size=2)
+        sizes.append(args.dwm_valid_batch_size)
+    assert sizes == [2, 4]  # a quarter of the batch is 1 micro batch; the interleaved schedule takes PP of them
 
 
 def test_shape_flags_override_the_preset():
@@ -155,6 +199,12 @@ def test_dwm_flags_are_checked(data_flags, corpus):
         validate_args(args, world_size=2)
     assert "--dwm-valid-batch-size 3 is not a positive multiple of --micro-batch-size 2 x data-parallel size 2" \
         in str(error.value)
+    args = build_parser().parse_args([*flags, *PP2, "--num-virtual-stages-per-pipeline-rank", "2", "--micro-batch-size",
+                                      "2", "--global-batch-size", "8", "--dwm-valid-batch-size", "2",
+                                      "--dwm-valid-data-path", str(corpus["valid"])])
+    with pytest.raises(ConfigError) as error:
+        validate_args(args, world_size=2)
+    assert "--dwm-valid-batch-size 2 makes 1 micro batch per data-parallel replica" in str(error.value)
 
 
 # Every numeric flag of the parser, and the flags for which 0 is a legitimate value; for the

@@ -44,6 +44,7 @@ def llama_transformer_config(
     *,
     tensor_model_parallel_size: int = 1,
     pipeline_model_parallel_size: int = 1,
+    virtual_pipeline_model_parallel_size: int | None = None,
     sequence_parallel: bool = False,
     bf16: bool = False,
     use_cpu_initialization: bool = False,
@@ -54,6 +55,9 @@ def llama_transformer_config(
     """TransformerConfig for a Llama-2 decoder (RMSNorm, SwiGLU, RoPE, no biases, no dropout).
 
     ``fused_kernels`` defaults to whether the platform uses Transformer Engine.
+    ``virtual_pipeline_model_parallel_size``: model chunks per pipeline rank (megatron-core's
+    interleaved schedule), whose point-to-point transfers overlap computation as Megatron-LM's do
+    by default (``overlap_p2p_comm``, unbatched).
     """
     if fused_kernels is None:
         fused_kernels = get_platform().use_transformer_engine
@@ -76,6 +80,9 @@ def llama_transformer_config(
         init_method_std=init_method_std,
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
+        overlap_p2p_comm=virtual_pipeline_model_parallel_size is not None,
+        batch_p2p_comm=virtual_pipeline_model_parallel_size is None,
         sequence_parallel=sequence_parallel and tensor_model_parallel_size > 1,
         bf16=bf16,
         params_dtype=params_dtype,
@@ -163,3 +170,25 @@ def build_llama_model(
         vp_stage=vp_stage,
     )
     return model.to(torch.bfloat16) if config.bf16 else model
+
+
+def build_llama_model_chunks(
+    arch: LlamaArch,
+    config: TransformerConfig,
+    vocab_size: int,
+    max_sequence_length: int,
+    *,
+    pg_collection: ProcessGroupCollection | None = None,
+) -> list[GPTModel]:
+    """This rank's model chunks, as Megatron-LM's ``get_model`` builds them: one per virtual pipeline
+    stage (``config.virtual_pipeline_model_parallel_size``, None: one chunk, the rank's whole stage).
+    Chunk ``i`` takes the embedding only on the first pipeline stage's chunk 0, the output layer only
+    on the last stage's last chunk."""
+    chunks = config.virtual_pipeline_model_parallel_size
+    if chunks is None or config.pipeline_model_parallel_size == 1:
+        return [build_llama_model(arch, config, vocab_size, max_sequence_length, pg_collection=pg_collection)]
+    return [build_llama_model(arch, config, vocab_size, max_sequence_length, pg_collection=pg_collection,
+                              pre_process=parallel_state.is_pipeline_first_stage() and stage == 0,
+                              post_process=parallel_state.is_pipeline_last_stage() and stage == chunks - 1,
+                              vp_stage=stage)
+            for stage in range(chunks)]

@@ -17,24 +17,29 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
 
 from megatron_dwm.dwm.colocated import gather_over
-from megatron_dwm.training.build import distributed_optimizer
+from megatron_dwm.training.build import distributed_optimizer, model_chunks
 from megatron_dwm.training.loss import WeightedLoss
 from megatron_dwm.training.step import run_global_batch
 
 
 class MegatronBilevel:
-    """One outer step's view of the LLM: its training batch B and validation batch V."""
+    """One outer step's view of the LLM: its training batch B and validation batch V.
+
+    `model`: the DDP-wrapped model chunk, or this rank's list of them (the interleaved schedule's);
+    theta is the parameters of every chunk, in chunk order."""
 
     def __init__(self, model, optimizer, loss: WeightedLoss, train_batch: list, valid_batch: list,
                  direction: str = "adam") -> None:
-        self.model = model
+        self.chunks = model_chunks(model)
         self.optimizer = optimizer
         self.loss = loss
         self.train_batch = train_batch
         self.valid_batch = valid_batch
-        names = {id(param): name for name, param in model.named_parameters()}
+        prefixes = [""] if len(self.chunks) == 1 else [f"model{index}." for index in range(len(self.chunks))]
+        names = {id(param): prefix + name
+                 for prefix, chunk in zip(prefixes, self.chunks) for name, param in chunk.named_parameters()}
         self._adam = AdamPreconditioner(optimizer, names) if direction == "adam" else None
-        self._parameters = [param for param in model.parameters() if param.requires_grad]
+        self._parameters = [param for chunk in self.chunks for param in chunk.parameters() if param.requires_grad]
         self.valid_loss: float | None = None
 
     def parameters(self) -> Sequence[torch.nn.Parameter]:
@@ -46,10 +51,11 @@ class MegatronBilevel:
         # backward would then accumulate into that buffer and DDP's hook add the result once more
         # (the first micro batch counted twice). Clear them, as a training step does.
         self.optimizer.zero_grad()
-        self.model.zero_grad_buffer()
+        for chunk in self.chunks:
+            chunk.zero_grad_buffer()
         # The distributed optimizer's reduce-scatter would leave each rank the reduced gradient of
         # its own shard only: megatron-core's force_all_reduce gives every rank the whole of v.
-        collected = run_global_batch(self.model, self.valid_batch, None, self.loss, force_all_reduce=True)
+        collected = run_global_batch(self.chunks, self.valid_batch, None, self.loss, force_all_reduce=True)
         if collected is not None:
             losses = gather_over(collected[0], parallel_state.get_data_parallel_group())
             self.valid_loss = float(losses.mean())
@@ -70,7 +76,7 @@ class MegatronBilevel:
     def per_sample_losses(self) -> torch.Tensor | None:
         """Step 5: l_i at the current (displaced) parameters, forward only, in the global batch's order."""
         with torch.no_grad():
-            collected = run_global_batch(self.model, self.train_batch, None, self.loss, forward_only=True)
+            collected = run_global_batch(self.chunks, self.train_batch, None, self.loss, forward_only=True)
         if collected is None:
             return None
         return gather_over(collected[0], parallel_state.get_data_parallel_group())

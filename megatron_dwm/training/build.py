@@ -21,16 +21,28 @@ def llm_arch(args) -> tuple[TextTokenizer, LlamaArch, int]:
     return tokenizer, arch, padded
 
 
+def model_chunks(model) -> list:
+    """A rank's model chunks: `model` if it is their list (one per virtual pipeline stage under the
+    interleaved schedule, as Megatron-LM holds them), else the one chunk `model`, listed."""
+    return list(model) if isinstance(model, (list, tuple)) else [model]
+
+
 def wrap_ddp(model, use_distributed_optimizer: bool = False, overlap_grad_reduce: bool = False,
              overlap_param_gather: bool = False, grad_reduce_in_fp32: bool = True,
-             bucket_size: int | None = None) -> DistributedDataParallel:
+             bucket_size: int | None = None, disable_bucketing: bool = False) -> DistributedDataParallel:
     """megatron-core DDP around one model chunk (by default: gradients reduced in fp32, one bucket, no overlap)."""
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=grad_reduce_in_fp32,
                                                overlap_grad_reduce=overlap_grad_reduce,
                                                overlap_param_gather=overlap_param_gather,
                                                use_distributed_optimizer=use_distributed_optimizer,
                                                bucket_size=bucket_size)
-    return DistributedDataParallel(model.config, ddp_config, model)
+    return DistributedDataParallel(model.config, ddp_config, model, disable_bucketing=disable_bucketing)
+
+
+def wrap_ddp_chunks(chunks: list, **options) -> list:
+    """DDP around each of a rank's model chunks (wrap_ddp's `options`), bucketing the first only, as
+    Megatron-LM's ``get_model``."""
+    return [wrap_ddp(chunk, disable_bucketing=index > 0, **options) for index, chunk in enumerate(chunks)]
 
 
 def ddp_options(args) -> dict:
@@ -50,22 +62,25 @@ def transformer_options(args) -> dict:
     return options
 
 
-def enable_overlaps(config, model: DistributedDataParallel) -> None:
+def enable_overlaps(config, chunks: list) -> None:
     """Let megatron-core's pipeline schedule drive DDP's overlapped gradient reduction, as Megatron-LM does:
-    no reduction between micro batches, each bucket's started as soon as its last gradient is ready."""
-    if model.ddp_config.overlap_grad_reduce:
-        config.no_sync_func = model.no_sync
-        config.grad_sync_func = model.start_grad_sync
+    no reduction between micro batches, each bucket's started as soon as its last gradient is ready
+    (one function per model chunk, or the function itself for one chunk)."""
+    if chunks[0].ddp_config.overlap_grad_reduce:
+        no_sync, grad_sync = [chunk.no_sync for chunk in chunks], [chunk.start_grad_sync for chunk in chunks]
+        config.no_sync_func = no_sync[0] if len(chunks) == 1 else no_sync
+        config.grad_sync_func = grad_sync[0] if len(chunks) == 1 else grad_sync
 
 
 def build_optimizer(ddp_model, lr: float, weight_decay: float = 0.01, clip_grad: float = 1.0,
                     bf16: bool = False, use_distributed_optimizer: bool = False, min_lr: float = 0.0,
                     adam_beta1: float = 0.9, adam_beta2: float = 0.999, adam_eps: float = 1e-8) -> MegatronOptimizer:
-    """megatron-core's Adam (mixed precision with fp32 master weights when bf16)."""
+    """megatron-core's Adam (mixed precision with fp32 master weights when bf16) over the DDP-wrapped
+    model chunk `ddp_model` or list of chunks."""
     config = OptimizerConfig(optimizer="adam", lr=lr, min_lr=min_lr, weight_decay=weight_decay, clip_grad=clip_grad,
                              bf16=bf16, use_distributed_optimizer=use_distributed_optimizer,
                              adam_beta1=adam_beta1, adam_beta2=adam_beta2, adam_eps=adam_eps)
-    return get_megatron_optimizer(config, [ddp_model])
+    return get_megatron_optimizer(config, model_chunks(ddp_model))
 
 
 def distributed_optimizer(optimizer: MegatronOptimizer) -> DistributedOptimizer | None:

@@ -48,26 +48,30 @@ from megatron_dwm.checkpoint_layout import (  # noqa: F401 - re-exported
     resume_hint,
 )
 from megatron_dwm.model.presets import LlamaArch
-from megatron_dwm.training.build import distributed_optimizer
+from megatron_dwm.training.build import distributed_optimizer, model_chunks
 
 CHECKPOINT_VERSION = 3.0
 
 
 def _model_chunks(model: MegatronModule | list[MegatronModule]) -> list[MegatronModule]:
-    chunks = model if isinstance(model, list) else [model]
     unwrapped = []
-    for chunk in chunks:
+    for chunk in model_chunks(model):
         while hasattr(chunk, "module"):  # DDP, Float16Module
             chunk = chunk.module
         unwrapped.append(chunk)
     return unwrapped
 
 
+def _model_keys(count: int) -> list[str]:
+    """Megatron-LM's checkpoint entries of a rank's model chunks: ``model``, or ``model0``, ``model1``, ...
+    under the interleaved schedule. Each chunk's tensors are keyed by their global layer numbers,
+    so the checkpoint loads into any other layout all the same."""
+    return ["model"] if count == 1 else [f"model{index}" for index in range(count)]
+
+
 def _model_sharded_state_dict(model: MegatronModule | list[MegatronModule]) -> dict[str, Any]:
     chunks = _model_chunks(model)
-    if len(chunks) == 1:
-        return {"model": chunks[0].sharded_state_dict()}
-    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+    return {key: chunk.sharded_state_dict() for key, chunk in zip(_model_keys(len(chunks)), chunks)}
 
 
 def save_checkpoint(
@@ -180,8 +184,7 @@ def load_checkpoint(
     path = latest_checkpoint_dir(root)
     state = load_sharded(_training_state_dict(model, optimizer, sharded, is_loading=True), path)
     chunks = _model_chunks(model)
-    keys = ["model"] if len(chunks) == 1 else [f"model{i}" for i in range(len(chunks))]
-    for key, chunk in zip(keys, chunks):
+    for key, chunk in zip(_model_keys(len(chunks)), chunks):
         chunk.load_state_dict(state.pop(key), strict=strict)
     if optimizer is not None:
         with torch.no_grad():  # the distributed optimizer copies into its fp32 main parameters in place
@@ -200,10 +203,8 @@ def load_sharded(state: dict[str, Any], path: str | os.PathLike) -> dict[str, An
 
 def _training_state_dict(model, optimizer, sharded, is_loading: bool) -> dict[str, Any]:
     state = _model_sharded_state_dict(model)
-    if optimizer is not None:
-        if len(state) != 1:
-            raise NotImplementedError("optimizer checkpoints support one model chunk (no virtual pipeline)")
-        state["optimizer"] = optimizer.sharded_state_dict(state["model"], is_loading=is_loading,
+    if optimizer is not None:  # mapped onto every chunk's tensors, as Megatron-LM's generate_state_dict
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=is_loading,
                                                           **_optimizer_checkpoint_format(optimizer))
     state.update(sharded or {})
     return state

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from megatron.core import parallel_state
 
+from megatron_dwm.training.build import model_chunks
 from megatron_dwm.training.loss import WeightedLoss
 from megatron_dwm.training.metrics import DomainTotals
 from megatron_dwm.training.step import run_global_batch
@@ -14,16 +15,19 @@ from megatron_dwm.training.step import run_global_batch
 
 def evaluate(model, next_global_batch: Callable[[], list], num_batches: int, loss: WeightedLoss,
              num_domains: int, device: torch.device) -> DomainTotals | None:
-    """Mean per-sample loss over `num_batches` global batches; the totals on the last pipeline stage
-    (reduced over data-parallel ranks), None elsewhere."""
+    """Mean per-sample loss of `model` (a model chunk or list of chunks) over `num_batches` global
+    batches; the totals on the last pipeline stage (reduced over data-parallel ranks), None elsewhere."""
     totals = DomainTotals(num_domains)
-    model.eval()
+    chunks = model_chunks(model)
+    for chunk in chunks:
+        chunk.eval()
     with torch.no_grad():
         for _ in range(num_batches):
-            collected = run_global_batch(model, next_global_batch(), None, loss, forward_only=True)
+            collected = run_global_batch(chunks, next_global_batch(), None, loss, forward_only=True)
             if collected is not None:
                 totals.add(*collected)
-    model.train()
+    for chunk in chunks:
+        chunk.train()
     if not parallel_state.is_pipeline_last_stage():
         return None
     totals.all_reduce(parallel_state.get_data_parallel_group(), device)

@@ -58,10 +58,10 @@ class StopSignalHandler:
         self._previous.clear()
 
 
-def grads_are_finite(model) -> bool:
-    """Whether this rank's (already reduced) gradient buffers hold only finite values."""
+def grads_are_finite(chunks: list) -> bool:
+    """Whether the (already reduced) gradient buffers of this rank's DDP model chunks hold only finite values."""
     total = torch.zeros((), dtype=torch.float32)
-    for buffer in [*model.buffers, *model.expert_parallel_buffers]:
+    for buffer in (buffer for chunk in chunks for buffer in [*chunk.buffers, *chunk.expert_parallel_buffers]):
         total = total + buffer.grad_data.float().sum().cpu()
     return bool(torch.isfinite(total))
 

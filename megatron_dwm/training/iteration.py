@@ -41,7 +41,7 @@ class WeightingPolicy(Protocol):
 class LLM:
     """The pieces of the LLM an iteration steps."""
 
-    model: Any  # megatron-core's DDP-wrapped model
+    model: list  # this rank's DDP-wrapped model chunks (one per virtual pipeline stage)
     optimizer: Any  # megatron-core's optimizer
     scheduler: Any  # megatron-core's OptimizerParamScheduler
     loss: WeightedLoss
@@ -75,7 +75,8 @@ def train_iteration(llm: LLM, policy: WeightingPolicy, microbatches: list, itera
     weights = policy.weights(microbatches, iteration)
 
     # Step 2: the LLM's step on (1/n) sum_i w_i l_i; skipped on every rank if any saw a NaN/Inf.
-    llm.model.zero_grad_buffer()
+    for chunk in llm.model:
+        chunk.zero_grad_buffer()
     llm.optimizer.zero_grad()
     collected = run_global_batch(llm.model, microbatches, weights, llm.loss)
     policy.observe(microbatches, llm.loss.weights)

@@ -20,7 +20,7 @@ from megatron.core.distributed import finalize_model_grads
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from megatron_dwm.arguments import schedule_flags
-from megatron_dwm.model.provider import build_llama_model, llama_transformer_config
+from megatron_dwm.model.provider import build_llama_model_chunks, llama_transformer_config
 from megatron_dwm.parallel import ParallelContext, print_rank0
 from megatron_dwm.platform import get_platform
 from megatron_dwm.training import checkpointing
@@ -30,7 +30,7 @@ from megatron_dwm.training.build import (
     enable_overlaps,
     llm_arch,
     transformer_options,
-    wrap_ddp,
+    wrap_ddp_chunks,
 )
 from megatron_dwm.training.checkpoint_manager import DWM_COMPONENT, CheckpointManager, check_checkpoints
 from megatron_dwm.training.data_iterators import TrainingData
@@ -61,13 +61,15 @@ class Trainer:
         resume, dwm_source = check_checkpoints(args)  # before anything is built or written
 
         tokenizer, self.arch, self.padded_vocab = llm_arch(args)
-        config = llama_transformer_config(self.arch, tensor_model_parallel_size=args.tensor_model_parallel_size,
-                                          pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-                                          bf16=args.bf16, init_method_std=args.init_method_std,
-                                          **transformer_options(args))
-        model = build_llama_model(self.arch, config, self.padded_vocab, args.seq_length,
-                                  pg_collection=context.pg_collection)
-        self.model = wrap_ddp(model, **ddp_options(args))
+        config = llama_transformer_config(
+            self.arch, tensor_model_parallel_size=args.tensor_model_parallel_size,
+            pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+            virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
+            bf16=args.bf16, init_method_std=args.init_method_std, **transformer_options(args))
+        chunks = build_llama_model_chunks(self.arch, config, self.padded_vocab, args.seq_length,
+                                          pg_collection=context.pg_collection)
+        # this rank's DDP-wrapped model chunks: one, or one per virtual pipeline stage (interleaved schedule)
+        self.model = wrap_ddp_chunks(chunks, **ddp_options(args))
         enable_overlaps(config, self.model)
         self.optimizer = build_optimizer(
             self.model, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, clip_grad=args.clip_grad,
@@ -243,7 +245,8 @@ class Trainer:
         """--overlap-param-gather leaves the all-gather of the updated parameters to the next training forward
         pass: complete it now, before an evaluation or a checkpoint reads them (Megatron-LM's force_param_sync)."""
         if self.args.overlap_param_gather:
-            self.model.start_param_sync(force_sync=True)
+            for chunk in self.model:
+                chunk.start_param_sync(force_sync=True)
 
     def run_evaluation(self) -> None:
         """Valid split of the blend (--eval-iters global batches) and the LAMBADA-style set."""

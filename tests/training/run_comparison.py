@@ -12,11 +12,12 @@ resolutions (twice the two-ulp bound: each loss's forward pass may round differe
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from megatron_dwm.training.metrics import read_metrics
+from megatron_dwm.training.metrics import WALL_CLOCK_METRICS, read_metrics
 
 RELATIVE = 1e-6
 RESOLUTIONS = 4
@@ -27,6 +28,15 @@ def run_logs(run_dir: Path) -> tuple[dict[int, dict], dict[int, dict]]:
     records = {r["iteration"]: r for r in read_metrics(run_dir / "metrics.jsonl") if "lm loss" in r}
     samples = {r["iteration"]: r for r in map(json.loads, (run_dir / "dwm_samples.jsonl").read_text().splitlines())}
     return records, samples
+
+
+def metrics_by_iteration(path: Path) -> dict[int, list[dict]]:
+    """Every record of a metrics file, grouped by iteration (training, then evaluation), wall-clock
+    fields dropped: what two runs of one computation log alike, bit for bit."""
+    records = defaultdict(list)
+    for record in read_metrics(path):
+        records[record["iteration"]].append({k: v for k, v in record.items() if k not in WALL_CLOCK_METRICS})
+    return dict(records)
 
 
 def hypergradients_agree(ours: dict, theirs: dict) -> bool:

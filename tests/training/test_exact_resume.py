@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import json
 import signal
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from megatron_dwm.training.checkpointing import read_tracker
-from megatron_dwm.training.metrics import WALL_CLOCK_METRICS, read_metrics
 from tests.training.corpus import training_flags
 from tests.training.launch import Job, losses_by_iteration, run_job
+from tests.training.run_comparison import metrics_by_iteration
 
 FAULTS = Path(__file__).parent / "scripts" / "train_with_faults.py"
 N = 3
@@ -58,14 +57,6 @@ def reference_runs(corpus, tmp_path_factory):
     return get
 
 
-def _metrics_by_iteration(path: Path) -> dict[int, list[dict]]:
-    """Every record of a metrics file, grouped by iteration (training, then evaluation), wall-clock fields dropped."""
-    records = defaultdict(list)
-    for record in read_metrics(path):
-        records[record["iteration"]].append({k: v for k, v in record.items() if k not in WALL_CLOCK_METRICS})
-    return dict(records)
-
-
 def _differences(ours: list[dict], theirs: list[dict]) -> list[dict[str, tuple]]:
     """Per record: the fields whose values differ, as (ours, theirs)."""
     return [{key: (a.get(key), b.get(key)) for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
@@ -82,7 +73,7 @@ def _held_job(corpus, layout: str, run_dir: Path, name: str, *extra: str) -> Job
 def test_resume_after_sigkill_and_a_stop_signal_is_bit_exact(layout, corpus, reference_runs, tmp_path):
     world_size, _, stop_signal, _ = LAYOUTS[layout]
     reference_dir = reference_runs(layout)
-    reference = _metrics_by_iteration(reference_dir / "metrics.jsonl")
+    reference = metrics_by_iteration(reference_dir / "metrics.jsonl")
     assert sorted(reference) == list(range(1, 2 * N + 1))
     checkpoints = tmp_path / "ckpt"
 
@@ -111,7 +102,7 @@ def test_resume_after_sigkill_and_a_stop_signal_is_bit_exact(layout, corpus, ref
     # Every record of every run equals the uninterrupted run's record of that iteration.
     for name, iterations in (("killed", range(1, N + 2)), ("resumed", range(N + 1, N + 3)),
                              ("final", range(N + 3, 2 * N + 1))):
-        logged = _metrics_by_iteration(tmp_path / f"{name}.jsonl")
+        logged = metrics_by_iteration(tmp_path / f"{name}.jsonl")
         assert sorted(logged) == list(iterations), name
         for iteration, records in logged.items():
             assert records == reference[iteration], (name, iteration, _differences(records, reference[iteration]))
