@@ -106,6 +106,11 @@ NUMERIC_RANGES: dict[str, Range] = {
     "adam_beta1": BETA,
     "adam_beta2": BETA,
     "adam_eps": POSITIVE,
+    "loss_scale": POSITIVE,
+    "initial_loss_scale": POSITIVE,
+    "min_loss_scale": POSITIVE,
+    "loss_scale_window": AT_LEAST_1,
+    "hysteresis": AT_LEAST_1,
     "domain_weights": AT_LEAST_0,  # not all 0 is checked with the blend
     "loss_weighting_temperature": POSITIVE,
     "loss_weighting_warmup_iters": AT_LEAST_0,
@@ -192,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pad the vocabulary to a multiple of this x TP (as Megatron-LM)")
     model.add_argument("--seq-length", type=int, default=256, help="training sequence length")
     model.add_argument("--bf16", action="store_true", help="bf16 parameters and compute (GPU)")
+    model.add_argument("--fp16", action="store_true",
+                       help="Run model in fp16 mode (fp32 main weights in the optimizer, the loss scaled).")
+    model.add_argument("--loss-scale", type=float, default=None,
+                       help="Static loss scaling, positive power of 2 values can improve fp16 convergence. If None, "
+                            "dynamic loss scaling is used.")
+    model.add_argument("--initial-loss-scale", type=float, default=2**32,
+                       help="Initial loss-scale for dynamic loss scaling.")
+    model.add_argument("--min-loss-scale", type=float, default=1.0, help="Minimum loss scale for dynamic loss scaling.")
+    model.add_argument("--loss-scale-window", type=float, default=1000,
+                       help="Window over which to raise/lower dynamic scale.")
+    model.add_argument("--hysteresis", type=int, default=2, help="hysteresis for dynamic loss scaling")
     model.add_argument("--loss-kernel", default="auto", choices=["auto", "fused", "torch"],
                        help="per-sample weighted cross-entropy: fused Triton kernel, torch reference, "
                             "or auto (fused on GPU when Triton is importable)")

@@ -40,7 +40,7 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     layout = _rank_layout(args, world_size, valid)
     dp = _data_parallel_size(layout, valid)
     problems = [*out_of_range.values(), *megatron_flag_problems(args), *_model_problems(args, valid),
-                *(layout.problems() if layout else [])]
+                *_precision_problems(args, valid), *(layout.problems() if layout else [])]
     # the flags as given, before filling in
     conflict = [*_weighting_conflict(args), *_warmup_conflict(args), *_run_length_conflicts(args, valid)]
     fill_run_length(args, dp, valid)
@@ -166,6 +166,19 @@ def _model_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
     if args.seq_length > arch.max_position_embeddings:
         problems.append(f"--seq-length {args.seq_length} exceeds --max-position-embeddings "
                         f"{arch.max_position_embeddings}")
+    return problems
+
+
+def _precision_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """--bf16 against --fp16 (as in Megatron-LM, one of them), and the dynamic loss scaler's bounds
+    (megatron-core asserts them)."""
+    problems = []
+    if args.fp16 and args.bf16:
+        problems.append("--fp16 and --bf16 exclude each other: keep one of them")
+    if args.fp16 and args.loss_scale is None and valid("min_loss_scale", "initial_loss_scale") \
+            and args.min_loss_scale > args.initial_loss_scale:
+        problems.append(f"--min-loss-scale {args.min_loss_scale} exceeds --initial-loss-scale "
+                        f"{args.initial_loss_scale}")
     return problems
 
 

@@ -53,7 +53,8 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads", "--group-query-attention",
     "--num-query-groups", "--kv-channels", "--max-position-embeddings", "--vocab-size",
     "--make-vocab-size-divisible-by", "--seq-length", "--rotary-base", "--norm-epsilon",
-    "--untie-embeddings-and-output-weights", "--init-method-std", "--bf16",
+    "--untie-embeddings-and-output-weights", "--init-method-std", "--bf16", "--fp16", "--loss-scale",
+    "--initial-loss-scale", "--min-loss-scale", "--loss-scale-window", "--hysteresis",
     # parallelism
     "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--use-distributed-optimizer",
     "--distributed-timeout-minutes",
@@ -107,9 +108,8 @@ IGNORED: dict[str, Flag] = {
     "--manual-gc": SWITCH, "--manual-gc-interval": _VALUE, "--no-manual-gc-eval": SWITCH,
     "--empty-unused-memory-level": _VALUE, "--no-mmap-bin-files": SWITCH,
     "--no-create-attention-mask-in-dataloader": SWITCH, "--tiktoken-pattern": _VALUE,
-    # no effect without --fp16 or --use-rope-scaling (refused), as in Megatron-LM
-    **dict.fromkeys(("--loss-scale", "--initial-loss-scale", "--min-loss-scale", "--loss-scale-window",
-                     "--hysteresis", "--rope-scaling-factor"), _VALUE),
+    # no effect without --use-rope-scaling (refused), as in Megatron-LM
+    "--rope-scaling-factor": _VALUE,
     # profiling and further logs
     **dict.fromkeys(("--profile", "--use-pytorch-profiler", "--log-params-norm", "--log-num-zeros-in-grad",
                      "--log-timers-to-tensorboard", "--log-validation-ppl-to-tensorboard",
@@ -131,7 +131,6 @@ REFUSED: dict[str, Flag] = {
                      "--use-torch-fsdp2", "--use-megatron-fsdp", "--recompute-activations"), SWITCH),
     "--recompute-granularity": Flag(str), "--recompute-method": Flag(str),
     # precision
-    "--fp16": Flag(reason="not supported yet: use --bf16 (or fp32)"),
     "--fp8-format": Flag(str), "--fp8-param-gather": SWITCH,
     "--fp8-recipe": _only(str, "delayed", "not supported yet (fp8)"),
     "--fp8-margin": _only(int, 0, "not supported yet (fp8)"),

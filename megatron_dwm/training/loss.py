@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 LossFunc = Callable[[torch.Tensor], tuple[torch.Tensor, dict]]
 
 
+def schedule_loss_scale(model, device: torch.device) -> torch.Tensor:
+    """The factor megatron-core's schedule multiplies a micro batch's loss by before backward: the
+    model config's ``grad_scale_func`` (the trainer's is the optimizer's loss scale, which only --fp16
+    makes other than 1), as a 0-d tensor; 1 without one."""
+    scale_func = getattr(getattr(model, "config", None), "grad_scale_func", None)
+    one = torch.ones(1, device=device)
+    return (one if scale_func is None else scale_func(one)).reshape(())
+
+
 def resolve_weights(weights: "SampleWeights", losses: torch.Tensor | None) -> torch.Tensor:
     """A micro batch's weights, detached: the tensor given, or the function given applied to `losses`."""
     return weights(losses.detach()).detach() if callable(weights) else weights.detach()
@@ -99,8 +108,13 @@ class WeightedLoss:
                 used = resolve_weights(weights, per_sample_cross_entropy(
                     output_tensor, batch["labels"], batch["loss_mask"], kernel="fused",
                     sequence_first=False) if callable(weights) else None)
-                loss, losses = weighted_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"], used,
-                                                      kernel="fused", sequence_first=False)
+                # The kernel writes the logits' gradient now, in their dtype: under fp16 it must carry the
+                # loss scale S already (unscaled it would underflow), so the loss it returns is divided by S
+                # and backward brings the schedule's S back to 1.
+                scale = schedule_loss_scale(chunk, output_tensor.device)
+                scaled, losses = weighted_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"],
+                                                        used * scale, kernel="fused", sequence_first=False)
+                loss = scaled / scale
             self.per_sample.append(losses.detach())
             self.domain_id.append(batch["domain_id"])
             self.weights.append(used)

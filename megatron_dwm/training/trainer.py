@@ -24,7 +24,7 @@ from megatron_dwm.model.provider import build_llama_model, llama_transformer_con
 from megatron_dwm.parallel import ParallelContext, print_rank0
 from megatron_dwm.platform import get_platform
 from megatron_dwm.training import checkpointing
-from megatron_dwm.training.build import build_optimizer, llm_arch, wrap_ddp
+from megatron_dwm.training.build import LossScaling, build_optimizer, llm_arch, wrap_ddp
 from megatron_dwm.training.checkpoint_manager import DWM_COMPONENT, CheckpointManager, check_checkpoints
 from megatron_dwm.training.data_iterators import TrainingData
 from megatron_dwm.training.dwm_ranks import DWMRanksLink, remote_dwm
@@ -56,14 +56,15 @@ class Trainer:
         tokenizer, self.arch, self.padded_vocab = llm_arch(args)
         config = llama_transformer_config(self.arch, tensor_model_parallel_size=args.tensor_model_parallel_size,
                                           pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-                                          bf16=args.bf16, init_method_std=args.init_method_std)
+                                          bf16=args.bf16, fp16=args.fp16, init_method_std=args.init_method_std)
         model = build_llama_model(self.arch, config, self.padded_vocab, args.seq_length,
                                   pg_collection=context.pg_collection)
         self.model = wrap_ddp(model, use_distributed_optimizer=args.use_distributed_optimizer)
         self.optimizer = build_optimizer(
             self.model, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, clip_grad=args.clip_grad,
             bf16=args.bf16, use_distributed_optimizer=args.use_distributed_optimizer,
-            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps)
+            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+            fp16=args.fp16, loss_scaling=LossScaling.from_args(args))
         config.finalize_model_grads_func = finalize_model_grads
         config.grad_scale_func = self.optimizer.scale_loss
         self.scheduler = build_scheduler(args, self.optimizer)
@@ -86,8 +87,8 @@ class Trainer:
             self.dwm_ranks.start(self.progress.state_dict())  # they build the datasets with us
         self.data = TrainingData(args, tokenizer, self.progress, self.device)
         throughput = Throughput(num_floating_point_operations(self.arch, self.padded_vocab, args.seq_length,
-                                                              args.global_batch_size),
-                                context.layout.llm_world_size, peak_flops_per_device(platform.device_name, args.bf16))
+                                                              args.global_batch_size), context.layout.llm_world_size,
+                                peak_flops_per_device(platform.device_name, args.bf16 or args.fp16))
         self.report = TrainingReport(args, self.is_logging_rank, self.progress.iteration, self.data.domains,
                                      throughput, platform, getattr(self.weighting, "schedule", None))
         if rng_state is not None:
@@ -151,9 +152,9 @@ class Trainer:
                                  progress.iteration, self._agree, self._next_dwm_valid_batch, self.finite_difference)
         progress.iteration += 1
         progress.consumed_train_samples += args.global_batch_size
-        progress.skipped_iterations += int(result.decision.nonfinite)
+        progress.skipped_iterations += int(result.skipped)
         progress.consecutive_nonfinite = progress.consecutive_nonfinite + 1 if result.decision.nonfinite else 0
-        self.report.interval.add(result.collected, result.grad_norm, result.decision.nonfinite)
+        self.report.interval.add(result.collected, result.grad_norm, result.skipped)
         if result.decision.nonfinite:
             self._report_nonfinite()
         return result
