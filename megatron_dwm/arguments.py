@@ -239,6 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop (after a checkpoint, if --save) once the run has lasted this long")
     training.add_argument("--exit-signal-handler", action="store_true",
                           help="on SIGTERM or SIGUSR1 (SLURM pre-emption), save a checkpoint and exit 0")
+    training.add_argument("--calculate-per-token-loss", action="store_true",
+                          help="Scale cross entropy loss by the number of non-padded tokens in the global batch, "
+                               "versus the default behavior of assuming all tokens are non-padded (here: the loss "
+                               "is sum_i w_i (sum of sample i's token losses) / (the global batch's loss tokens) "
+                               "instead of sum_i w_i l_i / n)")
     training.add_argument("--max-consecutive-nonfinite-iters", type=int, default=5,
                           help="an iteration whose loss or gradient is NaN/Inf is skipped; halt after this "
                                "many in a row")

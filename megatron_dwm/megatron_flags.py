@@ -60,7 +60,7 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--distributed-timeout-minutes",
     # training
     "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples", "--seed", "--exit-interval",
-    "--exit-duration-in-mins", "--exit-signal-handler",
+    "--exit-duration-in-mins", "--exit-signal-handler", "--calculate-per-token-loss",
     # optimizer and learning-rate schedule
     "--lr", "--min-lr", "--lr-decay-style", "--lr-decay-iters", "--lr-warmup-iters", "--lr-warmup-fraction",
     "--lr-warmup-init", "--lr-wsd-decay-iters", "--lr-decay-samples", "--lr-warmup-samples", "--lr-wsd-decay-samples",
@@ -138,9 +138,7 @@ REFUSED: dict[str, Flag] = {
     "--fp8-amax-history-len": _only(int, 1, "not supported yet (fp8)"),
     "--fp8-amax-compute-algo": _only(str, "most_recent", "not supported yet (fp8)"),
     "--grad-reduce-in-bf16": Flag(reason="not supported yet: gradients are reduced in fp32"),
-    # loss, optimizer and schedule
-    "--calculate-per-token-loss": Flag(reason="not supported yet: the loss averages the samples' losses, "
-                                               "which the weighting scales"),
+    # optimizer and schedule
     **dict.fromkeys(("--decoupled-lr", "--decoupled-min-lr", "--start-weight-decay", "--end-weight-decay"),
                     Flag(float)),
     "--weight-decay-incr-style": _only(str, "constant", "not supported yet (only constant)"),

@@ -56,7 +56,7 @@ LLAMA3_8B_FP8 = [
 ]
 LLAMA3_REFUSED = {
     "--apply-layernorm-1p", "--decoupled-lr",
-    "--decoupled-min-lr", "--grad-reduce-in-bf16", "--calculate-per-token-loss", "--overlap-grad-reduce",
+    "--decoupled-min-lr", "--grad-reduce-in-bf16", "--overlap-grad-reduce",
     "--overlap-param-gather", "--fp8-format", "--fp8-amax-history-len", "--fp8-amax-compute-algo",
     "--fp8-param-gather", "--sequence-parallel",
 }
@@ -91,7 +91,7 @@ GPT3_REFUSED = {"--step-batch-size-schedule", "--vocab-file", "--merge-file"}
 # The classification, in full: a change to megatron_dwm.megatron_flags must be made here too.
 SUPPORTED = (
     "--accumulate-allreduce-grads-in-fp32", "--adam-beta1", "--adam-beta2", "--adam-eps", "--attention-dropout",
-    "--bf16", "--ckpt-format", "--ckpt-step", "--clip-grad", "--data-cache-path",
+    "--bf16", "--calculate-per-token-loss", "--ckpt-format", "--ckpt-step", "--clip-grad", "--data-cache-path",
     "--data-path", "--disable-bias-linear", "--distributed-timeout-minutes", "--eod-mask-loss", "--eval-interval",
     "--eval-iters", "--exit-duration-in-mins", "--exit-interval", "--exit-signal-handler", "--ffn-hidden-size",
     "--finetune", "--fp16", "--global-batch-size", "--group-query-attention", "--hidden-dropout", "--hidden-size",
@@ -125,7 +125,7 @@ IGNORED = (
 )
 REFUSED = (
     "--add-qkv-bias", "--apply-layernorm-1p", "--apply-residual-connection-post-layernorm",
-    "--calculate-per-token-loss", "--context-parallel-size", "--decoder-first-pipeline-num-layers",
+    "--context-parallel-size", "--decoder-first-pipeline-num-layers",
     "--decoder-last-pipeline-num-layers", "--decoupled-lr", "--decoupled-min-lr", "--end-weight-decay",
     "--expert-model-parallel-size", "--fp32-residual-connection", "--fp8-amax-compute-algo",
     "--fp8-amax-history-len", "--fp8-format", "--fp8-interval", "--fp8-margin", "--fp8-param-gather", "--fp8-recipe",

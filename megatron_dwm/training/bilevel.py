@@ -27,7 +27,7 @@ from megatron.core.utils import get_model_config
 from megatron_dwm.dwm.colocated import gather_over
 from megatron_dwm.training.build import distributed_optimizer
 from megatron_dwm.training.faults import grads_are_finite
-from megatron_dwm.training.loss import WeightedLoss, schedule_loss_scale
+from megatron_dwm.training.loss import WeightedLoss, calculates_per_token_loss, per_token_terms, schedule_loss_scale
 from megatron_dwm.training.step import run_global_batch
 
 
@@ -103,12 +103,18 @@ class MegatronBilevel:
         return math.sqrt(float(squares))
 
     def per_sample_losses(self) -> torch.Tensor | None:
-        """Step 5: l_i at the current (displaced) parameters, forward only, in the global batch's order."""
+        """Step 5: l_i at the current (displaced) parameters, forward only, in the global batch's order:
+        the terms of the objective (1/n) sum_i w_i l_i the LLM stepped on (with --calculate-per-token-loss
+        each sample's loss times its tokens over the batch's mean, :func:`per_token_terms`)."""
         with torch.no_grad():
             collected = run_global_batch(self.model, self.train_batch, None, self.loss, forward_only=True)
         if collected is None:
             return None
-        return gather_over(collected[0], parallel_state.get_data_parallel_group())
+        group = parallel_state.get_data_parallel_group()
+        losses = gather_over(collected[0], group)
+        if not calculates_per_token_loss(self.model):
+            return losses
+        return per_token_terms(losses, gather_over(self.loss.collected_tokens(), group))
 
 
 class AdamPreconditioner:

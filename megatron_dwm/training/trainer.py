@@ -56,7 +56,8 @@ class Trainer:
         tokenizer, self.arch, self.padded_vocab = llm_arch(args)
         config = llama_transformer_config(self.arch, tensor_model_parallel_size=args.tensor_model_parallel_size,
                                           pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-                                          bf16=args.bf16, fp16=args.fp16, init_method_std=args.init_method_std)
+                                          bf16=args.bf16, fp16=args.fp16, init_method_std=args.init_method_std,
+                                          calculate_per_token_loss=args.calculate_per_token_loss)
         model = build_llama_model(self.arch, config, self.padded_vocab, args.seq_length,
                                   pg_collection=context.pg_collection)
         self.model = wrap_ddp(model, use_distributed_optimizer=args.use_distributed_optimizer)
