@@ -110,6 +110,11 @@ NUMERIC_RANGES: dict[str, Range] = {
     "adam_beta1": BETA,
     "adam_beta2": BETA,
     "adam_eps": POSITIVE,
+    "loss_scale": POSITIVE,
+    "initial_loss_scale": POSITIVE,
+    "min_loss_scale": POSITIVE,
+    "loss_scale_window": AT_LEAST_1,
+    "hysteresis": AT_LEAST_1,
     "domain_weights": AT_LEAST_0,  # not all 0 is checked with the blend
     "loss_weighting_temperature": POSITIVE,
     "loss_weighting_warmup_iters": AT_LEAST_0,
@@ -196,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pad the vocabulary to a multiple of this x TP (as Megatron-LM)")
     model.add_argument("--seq-length", type=int, default=256, help="training sequence length")
     model.add_argument("--bf16", action="store_true", help="bf16 parameters and compute (GPU)")
+    model.add_argument("--fp16", action="store_true",
+                       help="Run model in fp16 mode (fp32 main weights in the optimizer, the loss scaled).")
+    model.add_argument("--loss-scale", type=float, default=None,
+                       help="Static loss scaling, positive power of 2 values can improve fp16 convergence. If None, "
+                            "dynamic loss scaling is used.")
+    model.add_argument("--initial-loss-scale", type=float, default=2**32,
+                       help="Initial loss-scale for dynamic loss scaling.")
+    model.add_argument("--min-loss-scale", type=float, default=1.0, help="Minimum loss scale for dynamic loss scaling.")
+    model.add_argument("--loss-scale-window", type=float, default=1000,
+                       help="Window over which to raise/lower dynamic scale.")
+    model.add_argument("--hysteresis", type=int, default=2, help="hysteresis for dynamic loss scaling")
     model.add_argument("--loss-kernel", default="auto", choices=["auto", "fused", "torch"],
                        help="per-sample weighted cross-entropy: fused Triton kernel, torch reference, "
                             "or auto (fused on GPU when Triton is importable)")
@@ -257,6 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop (after a checkpoint, if --save) once the run has lasted this long")
     training.add_argument("--exit-signal-handler", action="store_true",
                           help="on SIGTERM or SIGUSR1 (SLURM pre-emption), save a checkpoint and exit 0")
+    training.add_argument("--calculate-per-token-loss", action="store_true",
+                          help="Scale cross entropy loss by the number of non-padded tokens in the global batch, "
+                               "versus the default behavior of assuming all tokens are non-padded (here: the loss "
+                               "is sum_i w_i (sum of sample i's token losses) / (the global batch's loss tokens) "
+                               "instead of sum_i w_i l_i / n)")
     training.add_argument("--max-consecutive-nonfinite-iters", type=int, default=5,
                           help="an iteration whose loss or gradient is NaN/Inf is skipped; halt after this "
                                "many in a row")

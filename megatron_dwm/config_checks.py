@@ -40,7 +40,8 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     layout = _rank_layout(args, world_size, valid)
     dp = _data_parallel_size(layout, valid)
     problems = [*out_of_range.values(), *megatron_flag_problems(args), *_model_problems(args, valid),
-                *_scale_feature_problems(args, valid), *(layout.problems() if layout else [])]
+                *_scale_feature_problems(args, valid), *_precision_problems(args, valid),
+                *(layout.problems() if layout else [])]
     if not fill_virtual_pipeline(args, valid):
         unknown.add("virtual_pipeline_model_parallel_size")
     problems += _virtual_pipeline_problems(args, valid)
@@ -191,6 +192,19 @@ def _scale_feature_problems(args: argparse.Namespace, valid: Valid) -> list[str]
         problems.append(f"--recompute-method {args.recompute_method} applies to --recompute-granularity full")
     if args.overlap_param_gather and not (args.use_distributed_optimizer and args.overlap_grad_reduce):
         problems.append("--overlap-param-gather needs --use-distributed-optimizer and --overlap-grad-reduce")
+    return problems
+
+
+def _precision_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """--bf16 against --fp16 (as in Megatron-LM, one of them), and the dynamic loss scaler's bounds
+    (megatron-core asserts them)."""
+    problems = []
+    if args.fp16 and args.bf16:
+        problems.append("--fp16 and --bf16 exclude each other: keep one of them")
+    if args.fp16 and args.loss_scale is None and valid("min_loss_scale", "initial_loss_scale") \
+            and args.min_loss_scale > args.initial_loss_scale:
+        problems.append(f"--min-loss-scale {args.min_loss_scale} exceeds --initial-loss-scale "
+                        f"{args.initial_loss_scale}")
     return problems
 
 

@@ -53,7 +53,8 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--num-layers", "--hidden-size", "--ffn-hidden-size", "--num-attention-heads", "--group-query-attention",
     "--num-query-groups", "--kv-channels", "--max-position-embeddings", "--vocab-size",
     "--make-vocab-size-divisible-by", "--seq-length", "--rotary-base", "--norm-epsilon",
-    "--untie-embeddings-and-output-weights", "--init-method-std", "--bf16",
+    "--untie-embeddings-and-output-weights", "--init-method-std", "--bf16", "--fp16", "--loss-scale",
+    "--initial-loss-scale", "--min-loss-scale", "--loss-scale-window", "--hysteresis",
     # parallelism
     "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--num-layers-per-virtual-pipeline-stage",
     "--num-virtual-stages-per-pipeline-rank", "--use-distributed-optimizer", "--distributed-timeout-minutes",
@@ -63,7 +64,7 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--recompute-activations", "--recompute-granularity", "--recompute-method", "--recompute-num-layers",
     # training
     "--micro-batch-size", "--global-batch-size", "--train-iters", "--train-samples", "--seed", "--exit-interval",
-    "--exit-duration-in-mins", "--exit-signal-handler",
+    "--exit-duration-in-mins", "--exit-signal-handler", "--calculate-per-token-loss",
     # optimizer and learning-rate schedule
     "--lr", "--min-lr", "--lr-decay-style", "--lr-decay-iters", "--lr-warmup-iters", "--lr-warmup-fraction",
     "--lr-warmup-init", "--lr-wsd-decay-iters", "--lr-decay-samples", "--lr-warmup-samples", "--lr-wsd-decay-samples",
@@ -111,9 +112,8 @@ IGNORED: dict[str, Flag] = {
     "--manual-gc": SWITCH, "--manual-gc-interval": _VALUE, "--no-manual-gc-eval": SWITCH,
     "--empty-unused-memory-level": _VALUE, "--no-mmap-bin-files": SWITCH,
     "--no-create-attention-mask-in-dataloader": SWITCH, "--tiktoken-pattern": _VALUE,
-    # no effect without --fp16 or --use-rope-scaling (refused), as in Megatron-LM
-    **dict.fromkeys(("--loss-scale", "--initial-loss-scale", "--min-loss-scale", "--loss-scale-window",
-                     "--hysteresis", "--rope-scaling-factor"), _VALUE),
+    # no effect without --use-rope-scaling (refused), as in Megatron-LM
+    "--rope-scaling-factor": _VALUE,
     # profiling and further logs
     **dict.fromkeys(("--profile", "--use-pytorch-profiler", "--log-params-norm", "--log-num-zeros-in-grad",
                      "--log-timers-to-tensorboard", "--log-validation-ppl-to-tensorboard",
@@ -131,7 +131,6 @@ REFUSED: dict[str, Flag] = {
     **dict.fromkeys(("--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers"), Flag(int)),
     **dict.fromkeys(("--tp-comm-overlap", "--use-torch-fsdp2", "--use-megatron-fsdp"), SWITCH),
     # precision
-    "--fp16": Flag(reason="not supported yet: use --bf16 (or fp32)"),
     "--fp8-format": Flag(str), "--fp8-param-gather": SWITCH,
     "--fp8-recipe": _only(str, "delayed", "not supported yet (fp8)"),
     "--fp8-margin": _only(int, 0, "not supported yet (fp8)"),
@@ -139,8 +138,6 @@ REFUSED: dict[str, Flag] = {
     "--fp8-amax-history-len": _only(int, 1, "not supported yet (fp8)"),
     "--fp8-amax-compute-algo": _only(str, "most_recent", "not supported yet (fp8)"),
     # loss, optimizer and schedule
-    "--calculate-per-token-loss": Flag(reason="not supported yet: the loss averages the samples' losses, "
-                                               "which the weighting scales"),
     **dict.fromkeys(("--decoupled-lr", "--decoupled-min-lr", "--start-weight-decay", "--end-weight-decay"),
                     Flag(float)),
     "--weight-decay-incr-style": _only(str, "constant", "not supported yet (only constant)"),

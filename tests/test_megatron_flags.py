@@ -56,8 +56,8 @@ LLAMA3_8B_FP8 = [
     "--load", "$CHECKPOINT_PATH", "--tensorboard-dir", "$TENSORBOARD_LOGS_PATH",
 ]
 LLAMA3_REFUSED = {
-    "--apply-layernorm-1p", "--decoupled-lr", "--decoupled-min-lr", "--calculate-per-token-loss", "--fp8-format",
-    "--fp8-amax-history-len", "--fp8-amax-compute-algo", "--fp8-param-gather",
+    "--apply-layernorm-1p", "--decoupled-lr", "--decoupled-min-lr", "--fp8-format", "--fp8-amax-history-len",
+    "--fp8-amax-compute-algo", "--fp8-param-gather",
 }
 
 # NVIDIA/Megatron-LM examples/gpt3/train_gpt3_175b_distributed.sh, likewise; TP x PP shrunk from 8 x 16.
@@ -85,36 +85,38 @@ GPT3_175B = [
     "--log-interval", "100", "--save-interval", "10000", "--eval-interval", "1000", "--save", "$CHECKPOINT_PATH",
     "--load", "$CHECKPOINT_PATH", "--eval-iters", "10", "--tensorboard-dir", "$TENSORBOARD_LOGS_PATH",
 ]
-GPT3_REFUSED = {"--step-batch-size-schedule", "--fp16", "--vocab-file", "--merge-file"}
+GPT3_REFUSED = {"--step-batch-size-schedule", "--vocab-file", "--merge-file"}
 
 # The classification, in full: a change to megatron_dwm.megatron_flags must be made here too.
 SUPPORTED = (
     "--accumulate-allreduce-grads-in-fp32", "--adam-beta1", "--adam-beta2", "--adam-eps", "--attention-dropout",
-    "--bf16", "--ckpt-format", "--ckpt-step", "--clip-grad", "--data-cache-path", "--data-path", "--ddp-bucket-size",
-    "--disable-bias-linear", "--distributed-timeout-minutes", "--eod-mask-loss", "--eval-interval", "--eval-iters",
-    "--exit-duration-in-mins", "--exit-interval", "--exit-signal-handler", "--ffn-hidden-size", "--finetune",
-    "--global-batch-size", "--grad-reduce-in-bf16", "--group-query-attention", "--hidden-dropout", "--hidden-size",
-    "--init-method-std", "--kv-channels", "--load", "--log-interval", "--log-throughput", "--logging-level", "--lr",
-    "--lr-decay-iters", "--lr-decay-samples", "--lr-decay-style", "--lr-warmup-fraction", "--lr-warmup-init",
-    "--lr-warmup-iters", "--lr-warmup-samples", "--lr-wsd-decay-iters", "--lr-wsd-decay-samples",
-    "--lr-wsd-decay-style", "--make-vocab-size-divisible-by", "--max-position-embeddings", "--micro-batch-size",
-    "--min-lr", "--no-load-optim", "--no-load-rng", "--no-position-embedding", "--norm-epsilon", "--normalization",
-    "--num-attention-heads", "--num-layers", "--num-layers-per-virtual-pipeline-stage", "--num-query-groups",
-    "--num-virtual-stages-per-pipeline-rank", "--num-workers", "--optimizer", "--overlap-grad-reduce",
-    "--overlap-param-gather", "--per-split-data-args-path", "--pipeline-model-parallel-size",
-    "--position-embedding-type", "--recompute-activations", "--recompute-granularity", "--recompute-method",
-    "--recompute-num-layers", "--reset-attention-mask", "--reset-position-ids", "--rotary-base", "--rotary-percent",
-    "--save", "--save-interval", "--seed", "--seq-length", "--sequence-parallel", "--split", "--swiglu",
-    "--tensor-model-parallel-size", "--tensorboard-dir", "--tokenizer-model", "--tokenizer-type", "--train-iters",
-    "--train-samples", "--untie-embeddings-and-output-weights", "--use-distributed-optimizer",
-    "--use-rotary-position-embeddings", "--vocab-size", "--weight-decay",
+    "--bf16", "--calculate-per-token-loss", "--ckpt-format", "--ckpt-step", "--clip-grad", "--data-cache-path",
+    "--data-path", "--ddp-bucket-size", "--disable-bias-linear", "--distributed-timeout-minutes", "--eod-mask-loss",
+    "--eval-interval", "--eval-iters", "--exit-duration-in-mins", "--exit-interval", "--exit-signal-handler",
+    "--ffn-hidden-size", "--finetune", "--fp16", "--global-batch-size", "--grad-reduce-in-bf16",
+    "--group-query-attention", "--hidden-dropout", "--hidden-size", "--hysteresis", "--init-method-std",
+    "--initial-loss-scale", "--kv-channels", "--load", "--log-interval", "--log-throughput", "--logging-level",
+    "--loss-scale", "--loss-scale-window", "--lr", "--lr-decay-iters", "--lr-decay-samples", "--lr-decay-style",
+    "--lr-warmup-fraction", "--lr-warmup-init", "--lr-warmup-iters", "--lr-warmup-samples", "--lr-wsd-decay-iters",
+    "--lr-wsd-decay-samples", "--lr-wsd-decay-style", "--make-vocab-size-divisible-by", "--max-position-embeddings",
+    "--micro-batch-size", "--min-loss-scale", "--min-lr", "--no-load-optim", "--no-load-rng",
+    "--no-position-embedding", "--norm-epsilon", "--normalization", "--num-attention-heads", "--num-layers",
+    "--num-layers-per-virtual-pipeline-stage", "--num-query-groups", "--num-virtual-stages-per-pipeline-rank",
+    "--num-workers", "--optimizer", "--overlap-grad-reduce", "--overlap-param-gather", "--per-split-data-args-path",
+    "--pipeline-model-parallel-size", "--position-embedding-type", "--recompute-activations",
+    "--recompute-granularity", "--recompute-method", "--recompute-num-layers", "--reset-attention-mask",
+    "--reset-position-ids", "--rotary-base", "--rotary-percent", "--save", "--save-interval", "--seed",
+    "--seq-length", "--sequence-parallel", "--split", "--swiglu", "--tensor-model-parallel-size", "--tensorboard-dir",
+    "--tokenizer-model", "--tokenizer-type", "--train-iters", "--train-samples",
+    "--untie-embeddings-and-output-weights", "--use-distributed-optimizer", "--use-rotary-position-embeddings",
+    "--vocab-size", "--weight-decay",
 )
 IGNORED = (
     "--attention-backend", "--cross-entropy-fusion-impl", "--cross-entropy-loss-fusion", "--distributed-backend",
-    "--empty-unused-memory-level", "--hysteresis", "--initial-loss-scale", "--log-memory-to-tensorboard",
+    "--empty-unused-memory-level", "--log-memory-to-tensorboard",
     "--log-num-zeros-in-grad", "--log-params-norm", "--log-progress", "--log-timers-to-tensorboard",
-    "--log-validation-ppl-to-tensorboard", "--loss-scale", "--loss-scale-window", "--manual-gc",
-    "--manual-gc-interval", "--min-loss-scale", "--no-bias-dropout-fusion", "--no-bias-swiglu-fusion",
+    "--log-validation-ppl-to-tensorboard", "--manual-gc",
+    "--manual-gc-interval", "--no-bias-dropout-fusion", "--no-bias-swiglu-fusion",
     "--no-create-attention-mask-in-dataloader", "--no-gradient-accumulation-fusion", "--no-manual-gc-eval",
     "--no-masked-softmax-fusion", "--no-mmap-bin-files", "--no-persist-layer-norm", "--no-rope-fusion", "--profile",
     "--profile-ranks", "--profile-step-end", "--profile-step-start", "--rope-scaling-factor",
@@ -124,9 +126,9 @@ IGNORED = (
 )
 REFUSED = (
     "--add-qkv-bias", "--apply-layernorm-1p", "--apply-residual-connection-post-layernorm",
-    "--calculate-per-token-loss", "--context-parallel-size", "--decoder-first-pipeline-num-layers",
+    "--context-parallel-size", "--decoder-first-pipeline-num-layers",
     "--decoder-last-pipeline-num-layers", "--decoupled-lr", "--decoupled-min-lr", "--end-weight-decay",
-    "--expert-model-parallel-size", "--fp16", "--fp32-residual-connection", "--fp8-amax-compute-algo",
+    "--expert-model-parallel-size", "--fp32-residual-connection", "--fp8-amax-compute-algo",
     "--fp8-amax-history-len", "--fp8-format", "--fp8-interval", "--fp8-margin", "--fp8-param-gather", "--fp8-recipe",
     "--merge-file", "--mock-data", "--multi-latent-attention", "--num-experts", "--openai-gelu", "--qk-layernorm",
     "--rampup-batch-size", "--rotary-interleaved", "--squared-relu", "--start-weight-decay",
@@ -303,6 +305,33 @@ def test_model_recipe_flags_set_the_architecture():
     args = build_parser().parse_args(["--model-preset", "llama2-7b", "--rotary-base", "500000",
                                       "--norm-epsilon", "1e-6", "--untie-embeddings-and-output-weights"])
     assert model_arch(args) == replace(PRESETS["llama2-7b"], rotary_base=500000, norm_epsilon=1e-6)
+
+
+def test_fp16_loss_scaling_takes_megatron_defaults(data_flags):
+    from megatron.core.optimizer import OptimizerConfig
+
+    from megatron_dwm.training.build import LossScaling
+
+    args = parse_args([*data_flags, "--fp16"], world_size=1)
+    assert (args.loss_scale, args.initial_loss_scale, args.min_loss_scale, args.loss_scale_window,
+            args.hysteresis) == (None, 2**32, 1.0, 1000, 2)  # Megatron-LM's
+    defaults = OptimizerConfig()
+    assert LossScaling.from_args(args) == LossScaling(defaults.loss_scale, defaults.initial_loss_scale,
+                                                      defaults.min_loss_scale, defaults.loss_scale_window,
+                                                      defaults.hysteresis)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--fp16", "--bf16"], "--fp16 and --bf16 exclude each other: keep one of them"),
+    (["--fp16", "--initial-loss-scale", "4", "--min-loss-scale", "8"],
+     "--min-loss-scale 8.0 exceeds --initial-loss-scale 4.0"),
+    (["--fp16", "--hysteresis", "0"], "--hysteresis 0 must be >= 1"),
+    (["--fp16", "--loss-scale", "0"], "--loss-scale 0.0 must be > 0"),
+])
+def test_fp16_flags_are_checked(flags, message, data_flags):
+    with pytest.raises(ConfigError) as error:
+        parse_args([*data_flags, *flags], world_size=1)
+    assert _problems(error.value) == [message]
 
 
 def test_warm_up_fraction_and_iterations_exclude_each_other(data_flags):

@@ -43,7 +43,8 @@ class BilevelModel(Protocol):
 
     def per_sample_losses(self) -> torch.Tensor | None:
         """Forward-only: l_i of every sample of the training batch at the current parameters, [n]
-        (None on ranks that hold no loss)."""
+        (None on ranks that hold no loss): the terms of the objective (1/n) sum_i w_i l_i the LLM's step
+        minimised (under a per-token loss, each sample's loss scaled by its share of the batch's tokens)."""
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ def llama_transformer_config(
     virtual_pipeline_model_parallel_size: int | None = None,
     sequence_parallel: bool = False,
     bf16: bool = False,
+    fp16: bool = False,
     use_cpu_initialization: bool = False,
     init_method_std: float = 0.02,
     fused_kernels: bool | None = None,
@@ -54,6 +55,7 @@ def llama_transformer_config(
 ) -> TransformerConfig:
     """TransformerConfig for a Llama-2 decoder (RMSNorm, SwiGLU, RoPE, no biases, no dropout).
 
+    ``bf16`` or ``fp16``: parameters and compute in that half precision (Megatron-LM's --bf16, --fp16).
     ``fused_kernels`` defaults to whether the platform uses Transformer Engine.
     ``virtual_pipeline_model_parallel_size``: model chunks per pipeline rank (megatron-core's
     interleaved schedule), whose point-to-point transfers overlap computation as Megatron-LM's do
@@ -61,7 +63,7 @@ def llama_transformer_config(
     """
     if fused_kernels is None:
         fused_kernels = get_platform().use_transformer_engine
-    params_dtype = torch.bfloat16 if bf16 else torch.float32
+    params_dtype = half_precision_dtype(bf16, fp16) or torch.float32
     return TransformerConfig(
         num_layers=arch.num_layers,
         hidden_size=arch.hidden_size,
@@ -85,6 +87,7 @@ def llama_transformer_config(
         batch_p2p_comm=virtual_pipeline_model_parallel_size is None,
         sequence_parallel=sequence_parallel and tensor_model_parallel_size > 1,
         bf16=bf16,
+        fp16=fp16,
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         use_cpu_initialization=use_cpu_initialization,
@@ -96,6 +99,13 @@ def llama_transformer_config(
         gradient_accumulation_fusion=fused_kernels,
         **overrides,
     )
+
+
+def half_precision_dtype(bf16: bool, fp16: bool) -> torch.dtype | None:
+    """The parameters' dtype under --bf16 or --fp16 (None: fp32)."""
+    if bf16 and fp16:
+        raise ValueError("bf16 and fp16 exclude each other")
+    return torch.bfloat16 if bf16 else torch.float16 if fp16 else None
 
 
 class SequenceParallelRMSNorm(torch.nn.RMSNorm):
@@ -148,8 +158,9 @@ def build_llama_model(
     """This rank's pipeline stage of the Llama model (`vocab_size` already padded).
 
     `pre_process`/`post_process` default to whether this rank holds the first/last stage. With
-    `config.bf16` every parameter is bf16, as Megatron-LM's Float16Module makes it (megatron-core's
-    local norms are created in fp32; its mixed-precision optimizer checkpoints bf16 parameters only).
+    `config.bf16` (`config.fp16`) every parameter is bf16 (fp16), as Megatron-LM's Float16Module makes
+    it (megatron-core's local norms are created in fp32; its mixed-precision optimizer checkpoints
+    half-precision parameters only).
     """
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
@@ -169,7 +180,8 @@ def build_llama_model(
         pg_collection=pg_collection,
         vp_stage=vp_stage,
     )
-    return model.to(torch.bfloat16) if config.bf16 else model
+    half = half_precision_dtype(config.bf16, config.fp16)
+    return model.to(half) if half is not None else model
 
 
 def build_llama_model_chunks(

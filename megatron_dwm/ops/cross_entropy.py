@@ -146,7 +146,7 @@ def weighted_cross_entropy(
     """Weighted batch loss `sum_i w_i l_i / n` and the per-sample losses `l_i`.
 
     logits: [s, b, v/TP] (megatron-core's layout; [b, s, v/TP] with `sequence_first=False`),
-        fp32 or bf16, contiguous. OVERWRITTEN with the gradient during this call when they
+        fp32, bf16 or fp16, contiguous. OVERWRITTEN with the gradient during this call when they
         require grad and grad mode is on (else left untouched, as in `per_sample_cross_entropy`).
     labels, loss_mask: [b, s]. weights: [b] (default all ones); a weight that requires grad
         receives `l_i / n`. normalizer: n, default b (the local batch size).

@@ -4,6 +4,13 @@
 Passes go through megatron-core's pipeline schedule: forward+backward (gradients reduced over
 data-parallel ranks by DDP) for the validation gradient, forward-only for the per-sample losses,
 which are then gathered over the data-parallel group into the global batch's order.
+
+Under --fp16 the validation loss is multiplied by a loss scale S before backward, as in a training
+step, so that small gradients survive in fp16, and v is divided by S after, as megatron-core's
+optimizer unscales its gradients. S starts at the optimizer's loss scale; where v overflows (the
+validation batch's gradient can be larger than the training batch's the scale was found for), the
+pass is run again at half the scale, down to 1, as the dynamic loss scaler would back off (the
+optimizer's scaler itself is left alone). The forward-only passes are never scaled.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.layers import param_is_not_tensor_parallel_duplicate
+from megatron.core.utils import get_model_config
 
 from megatron_dwm.dwm.colocated import gather_over
 from megatron_dwm.training.build import distributed_optimizer, model_chunks
-from megatron_dwm.training.loss import WeightedLoss
+from megatron_dwm.training.faults import grads_are_finite
+from megatron_dwm.training.loss import WeightedLoss, calculates_per_token_loss, per_token_terms, schedule_loss_scale
 from megatron_dwm.training.step import run_global_batch
 
 
@@ -41,25 +50,52 @@ class MegatronBilevel:
         self._adam = AdamPreconditioner(optimizer, names) if direction == "adam" else None
         self._parameters = [param for chunk in self.chunks for param in chunk.parameters() if param.requires_grad]
         self.valid_loss: float | None = None
+        self.valid_loss_scale = 1.0  # the loss scale v's pass used
 
     def parameters(self) -> Sequence[torch.nn.Parameter]:
         return self._parameters
 
     def validation_gradient(self) -> Sequence[torch.Tensor]:
-        """Step 3: v = grad L_V(theta_{t+1}), reduced over data-parallel ranks by DDP."""
+        """Step 3: v = grad L_V(theta_{t+1}), reduced over data-parallel ranks by DDP (unscaled under --fp16)."""
+        scale = float(schedule_loss_scale(self.chunks[0], self._parameters[0].device))
+        collected = self._validation_pass(scale)
+        while scale > 1.0 and not self._gradients_finite():  # an fp16 overflow: again at half the scale
+            scale = max(scale / 2.0, 1.0)
+            collected = self._validation_pass(scale)
+        self.valid_loss_scale = scale
+        if collected is not None:
+            losses = gather_over(collected[0], parallel_state.get_data_parallel_group())
+            self.valid_loss = float(losses.mean())
+        return [param.main_grad for param in self._parameters]
+
+    def _validation_pass(self, scale: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Forward+backward of V with the loss multiplied by `scale`, the gradient divided by it after."""
         # megatron-core's fp32 optimizer step leaves each parameter's .grad aliasing its DDP main_grad:
         # backward would then accumulate into that buffer and DDP's hook add the result once more
         # (the first micro batch counted twice). Clear them, as a training step does.
         self.optimizer.zero_grad()
         for chunk in self.chunks:
             chunk.zero_grad_buffer()
-        # The distributed optimizer's reduce-scatter would leave each rank the reduced gradient of
-        # its own shard only: megatron-core's force_all_reduce gives every rank the whole of v.
-        collected = run_global_batch(self.chunks, self.valid_batch, None, self.loss, force_all_reduce=True)
-        if collected is not None:
-            losses = gather_over(collected[0], parallel_state.get_data_parallel_group())
-            self.valid_loss = float(losses.mean())
-        return [param.main_grad for param in self._parameters]
+        config = get_model_config(self.chunks[0])
+        grad_scale_func = config.grad_scale_func
+        config.grad_scale_func = None if scale == 1.0 else (lambda loss: loss * scale)
+        try:
+            # The distributed optimizer's reduce-scatter would leave each rank the reduced gradient of
+            # its own shard only: megatron-core's force_all_reduce gives every rank the whole of v.
+            collected = run_global_batch(self.chunks, self.valid_batch, None, self.loss, force_all_reduce=True)
+        finally:
+            config.grad_scale_func = grad_scale_func
+        if scale != 1.0:
+            for chunk in self.chunks:
+                chunk.scale_gradients(1.0 / scale)
+        return collected
+
+    def _gradients_finite(self) -> bool:
+        """Whether the gradient buffers hold only finite values on every model-parallel rank (the
+        data-parallel ranks hold the same reduced gradient)."""
+        nonfinite = torch.tensor([float(not grads_are_finite(self.chunks))], device=self._parameters[0].device)
+        dist.all_reduce(nonfinite, op=dist.ReduceOp.MAX, group=parallel_state.get_model_parallel_group())
+        return not bool(nonfinite)
 
     def preconditioner(self, index: int, gradient: torch.Tensor) -> torch.Tensor | float:
         """Step 4: P of --dwm-fd-direction (adam: Adam's 1 / (sqrt(v_hat) + eps); grad: 1)."""
@@ -74,12 +110,18 @@ class MegatronBilevel:
         return math.sqrt(float(squares))
 
     def per_sample_losses(self) -> torch.Tensor | None:
-        """Step 5: l_i at the current (displaced) parameters, forward only, in the global batch's order."""
+        """Step 5: l_i at the current (displaced) parameters, forward only, in the global batch's order:
+        the terms of the objective (1/n) sum_i w_i l_i the LLM stepped on (with --calculate-per-token-loss
+        each sample's loss times its tokens over the batch's mean, :func:`per_token_terms`)."""
         with torch.no_grad():
             collected = run_global_batch(self.chunks, self.train_batch, None, self.loss, forward_only=True)
         if collected is None:
             return None
-        return gather_over(collected[0], parallel_state.get_data_parallel_group())
+        group = parallel_state.get_data_parallel_group()
+        losses = gather_over(collected[0], group)
+        if not calculates_per_token_loss(self.chunks[0]):
+            return losses
+        return per_token_terms(losses, gather_over(self.loss.collected_tokens(), group))
 
 
 class AdamPreconditioner:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from megatron_dwm.model.presets import LlamaArch
 
 # Dense (no structured sparsity) peak FLOP/s per GPU, from NVIDIA's datasheets: (bf16, fp32).
-# The bf16 figure is the tensor-core rate. The fp32 figure is the plain CUDA-core rate, not
-# TF32: PyTorch runs fp32 matmuls without TF32 unless `allow_tf32` is switched on.
+# The bf16 figure is the tensor-core rate (fp16's too on each of these GPUs). The fp32 figure is
+# the plain CUDA-core rate, not TF32: PyTorch runs fp32 matmuls without TF32 unless `allow_tf32`
+# is switched on.
 # Matched by substring of `torch.cuda.get_device_name()`, first match wins, so the more
 # specific names come first (GH200 before H200, H100/H200 NVL and H100 PCIe before H100).
 _PEAK_FLOPS: tuple[tuple[str, float, float], ...] = (
@@ -56,14 +57,14 @@ def num_floating_point_operations(arch: LlamaArch, padded_vocab_size: int, seq_l
     return float(token_linear + core_attention)
 
 
-def peak_flops_per_device(device_name: str, bf16: bool) -> float | None:
-    """Dense peak FLOP/s of one GPU named `device_name` (bf16 tensor cores, or plain fp32).
+def peak_flops_per_device(device_name: str, half_precision: bool) -> float | None:
+    """Dense peak FLOP/s of one GPU named `device_name` (bf16 or fp16 tensor cores, or plain fp32).
 
     None for an unknown device or a CPU.
     """
     for key, bf16_peak, fp32_peak in _PEAK_FLOPS:
         if key.lower() in device_name.lower():
-            return bf16_peak if bf16 else fp32_peak
+            return bf16_peak if half_precision else fp32_peak
     return None
 
 

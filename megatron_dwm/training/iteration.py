@@ -16,6 +16,7 @@ import torch
 
 from megatron_dwm.dwm.hypergradient import FiniteDifference, finite_difference_hypergradient
 from megatron_dwm.training.bilevel import MegatronBilevel
+from megatron_dwm.training.build import dynamic_loss_scaler
 from megatron_dwm.training.faults import Agreement, grads_are_finite
 from megatron_dwm.training.loss import WeightedLoss
 from megatron_dwm.training.step import run_global_batch
@@ -47,6 +48,13 @@ class LLM:
     loss: WeightedLoss
     global_batch_size: int
 
+    @property
+    def scaler_takes_overflows(self) -> bool:
+        """Under --fp16 with dynamic loss scaling a NaN/Inf gradient is the loss scaler's signal, not a
+        fault: megatron-core's optimizer skips that step and backs the scale off, as in Megatron-LM
+        (which then stops checking gradients for NaN itself)."""
+        return dynamic_loss_scaler(self.optimizer) is not None
+
 
 @dataclass(frozen=True)
 class FiniteDifferenceSettings:
@@ -61,6 +69,7 @@ class IterationResult:
     collected: tuple[torch.Tensor, torch.Tensor] | None  # (per-sample losses, domain ids) on the last stage
     grad_norm: float | None  # None when the update was skipped
     decision: Agreement  # what every LLM rank agreed on after the backward pass
+    skipped: bool = False  # no update: a NaN/Inf agreed on, or an overflow found by the fp16 loss scaler
 
 
 def train_iteration(llm: LLM, policy: WeightingPolicy, microbatches: list, iteration: int,
@@ -74,20 +83,24 @@ def train_iteration(llm: LLM, policy: WeightingPolicy, microbatches: list, itera
     # Step 1: w = DWM(B), the graph kept when the DWM learns at this iteration.
     weights = policy.weights(microbatches, iteration)
 
-    # Step 2: the LLM's step on (1/n) sum_i w_i l_i; skipped on every rank if any saw a NaN/Inf.
+    # Step 2: the LLM's step on (1/n) sum_i w_i l_i; skipped on every rank if any saw a NaN/Inf (a gradient's
+    # only without a dynamic loss scaler), or if the fp16 loss scaler found an overflow. A skipped step
+    # leaves theta_{t+1} = theta_t: the DWM has nothing to learn from, and does not.
     for chunk in llm.model:
         chunk.zero_grad_buffer()
     llm.optimizer.zero_grad()
     collected = run_global_batch(llm.model, microbatches, weights, llm.loss)
     policy.observe(microbatches, llm.loss.weights)
     loss_nonfinite = collected is not None and not bool(torch.isfinite(collected[0]).all())
-    decision = agree(loss_nonfinite or not grads_are_finite(llm.model))
+    grads_nonfinite = not llm.scaler_takes_overflows and not grads_are_finite(llm.model)
+    decision = agree(loss_nonfinite or grads_nonfinite)
     if decision.nonfinite:
-        return IterationResult(collected, None, decision)
+        return IterationResult(collected, None, decision, skipped=True)
     learning_rate = llm.optimizer.param_groups[0]["lr"]  # eta_t, before the scheduler moves it
     updated, grad_norm, _ = llm.optimizer.step()
-    if updated:
-        llm.scheduler.step(increment=llm.global_batch_size)
+    if not updated:  # the loss scaler's overflow, on every rank alike: it has backed the scale off
+        return IterationResult(collected, None, decision, skipped=True)
+    llm.scheduler.step(increment=llm.global_batch_size)
     if not policy.learns_at(iteration):
         return IterationResult(collected, grad_norm, decision)
 

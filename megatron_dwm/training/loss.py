@@ -1,9 +1,18 @@
 """The weighted training loss of one micro batch (DESIGN.md section 5).
 
-Per-sample loss ``l_i = sum_t m_it l_it / sum_t m_it`` and micro-batch loss ``sum_i w_i l_i / b``.
-megatron-core's schedule divides each micro batch's loss by the number of micro batches and its
-DDP averages gradients over data-parallel ranks, so the step minimises ``sum_i w_i l_i / n`` over
-the global batch of ``n`` samples, exactly as Megatron-LM reduces its loss.
+Per-sample loss ``l_i = sum_t m_it l_it / M_i`` with ``M_i = sum_t m_it`` its loss tokens, and
+micro-batch loss ``sum_i w_i l_i / b``. megatron-core's schedule divides each micro batch's loss by
+the number of micro batches and its DDP averages gradients over data-parallel ranks, so the step
+minimises ``sum_i w_i l_i / n`` over the global batch of ``n`` samples, exactly as Megatron-LM
+reduces its loss.
+
+With ``--calculate-per-token-loss`` (the model config's ``calculate_per_token_loss``, which
+megatron-core's schedule, DDP and ``finalize_model_grads`` read too) each token of sample ``i``
+carries the weight ``w_i``: a micro batch returns ``sum_i w_i M_i l_i`` (its weighted sum of token
+losses) and its ``sum_i M_i`` loss tokens, megatron-core divides the gradient by the global batch's
+loss tokens ``N``, and the step minimises ``sum_i w_i M_i l_i / N``; with all weights 1, Megatron-LM's
+per-token loss. Written ``(1/n) sum_i w_i c_i``, its per-sample terms are ``c_i = l_i M_i / mean_j M_j``
+(:func:`per_token_terms`): what the DWM's finite difference measures.
 
 Two implementations of the same loss, chosen by ``--loss-kernel``:
 
@@ -25,7 +34,28 @@ from megatron_dwm.ops import per_sample_cross_entropy, resolve_loss_kernel, weig
 if TYPE_CHECKING:
     from megatron_dwm.training.policies import SampleWeights
 
-LossFunc = Callable[[torch.Tensor], tuple[torch.Tensor, dict]]
+LossFunc = Callable[[torch.Tensor], tuple]
+
+
+def calculates_per_token_loss(model) -> bool:
+    """Whether `model` (a chunk, DDP-wrapped or not) has megatron-core's ``calculate_per_token_loss`` on."""
+    return bool(getattr(getattr(model, "config", None), "calculate_per_token_loss", False))
+
+
+def schedule_loss_scale(model, device: torch.device) -> torch.Tensor:
+    """The factor megatron-core's schedule multiplies a micro batch's loss by before backward: the
+    model config's ``grad_scale_func`` (the trainer's is the optimizer's loss scale, which only --fp16
+    makes other than 1), as a 0-d tensor; 1 without one."""
+    scale_func = getattr(getattr(model, "config", None), "grad_scale_func", None)
+    one = torch.ones(1, device=device)
+    return (one if scale_func is None else scale_func(one)).reshape(())
+
+
+def per_token_terms(losses: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The per-token objective ``sum_i w_i M_i l_i / sum_j M_j`` of a global batch of ``n`` samples
+    (per-sample losses `losses`, loss tokens `tokens`), as ``(1/n) sum_i w_i c_i``: the terms
+    ``c_i = n M_i l_i / sum_j M_j``, each sample's loss scaled by its tokens over the batch's mean."""
+    return losses * (tokens * (tokens.numel() / tokens.sum().clamp(min=1.0)))
 
 
 def resolve_weights(weights: "SampleWeights", losses: torch.Tensor | None) -> torch.Tensor:
@@ -57,8 +87,8 @@ class WeightedLoss:
     """Runs one micro batch through a model chunk and builds the schedule's loss function.
 
     Every per-sample loss computed on this rank is appended to ``self.per_sample`` (with the
-    sample's domain id in ``self.domain_id`` and the weight the loss gave it in ``self.weights``)
-    so the caller can report and reuse them.
+    sample's domain id in ``self.domain_id``, the weight the loss gave it in ``self.weights`` and its
+    loss tokens in ``self.tokens``) so the caller can report and reuse them.
 
     A micro batch's weights are a tensor, or a function of its per-sample losses (detached) that
     returns them: the loss-based policy's weights, computed in the same forward pass.
@@ -69,41 +99,53 @@ class WeightedLoss:
         self.per_sample: list[torch.Tensor] = []
         self.domain_id: list[torch.Tensor] = []
         self.weights: list[torch.Tensor] = []
+        self.tokens: list[torch.Tensor] = []
 
     def reset(self) -> None:
         self.per_sample.clear()
         self.domain_id.clear()
         self.weights.clear()
+        self.tokens.clear()
 
     def forward_step(self, chunk, batch: dict[str, torch.Tensor], weights: "SampleWeights | None",
                      forward_only: bool) -> tuple[torch.Tensor, LossFunc]:
         """megatron-core's forward step function for one micro batch: ``chunk(batch)`` and the loss function
-        the schedule applies to its output."""
+        the schedule applies to its output (returning the loss, and with per-token loss its loss tokens)."""
         fused = self.kernel == "fused"
+        per_token = calculates_per_token_loss(chunk)
         output = chunk(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
                        labels=None if fused else batch["labels"])
         if weights is None:
             weights = torch.ones(batch["tokens"].shape[0], device=batch["tokens"].device)
+        tokens = batch["loss_mask"].float().sum(dim=1)  # M_i
 
-        def loss_func(output_tensor: torch.Tensor) -> tuple[torch.Tensor, dict]:
-            if not fused:
-                losses = per_sample_loss(output_tensor, batch["loss_mask"])
+        def loss_func(output_tensor: torch.Tensor) -> tuple:
+            if not fused or forward_only:
+                losses = per_sample_loss(output_tensor, batch["loss_mask"]) if not fused else \
+                    per_sample_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"], kernel="fused",
+                                             sequence_first=False)
                 used = resolve_weights(weights, losses)
-                loss = (used * losses).sum() / losses.shape[0]
-            elif forward_only:
-                losses = per_sample_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"],
-                                                  kernel="fused", sequence_first=False)
-                used = resolve_weights(weights, losses)
-                loss = (used * losses).sum() / losses.shape[0]
-            else:  # weights from the losses need them first: the kernel's loss-only pass
+                coefficients, normalizer = _coefficients(used, tokens, per_token)
+                loss = (coefficients * losses).sum() / normalizer
+            else:  # the fused kernel's training pass (weights from the losses need its loss-only pass first)
                 used = resolve_weights(weights, per_sample_cross_entropy(
                     output_tensor, batch["labels"], batch["loss_mask"], kernel="fused",
                     sequence_first=False) if callable(weights) else None)
-                loss, losses = weighted_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"], used,
-                                                      kernel="fused", sequence_first=False)
+                coefficients, normalizer = _coefficients(used, tokens, per_token)
+                # The kernel writes the logits' gradient now, in their dtype: under fp16 it must carry the
+                # loss scale S already (unscaled it would underflow), so the loss it returns is divided by S
+                # and backward brings the schedule's S back to 1.
+                scale = schedule_loss_scale(chunk, output_tensor.device)
+                scaled, losses = weighted_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"],
+                                                        coefficients * scale, normalizer=normalizer, kernel="fused",
+                                                        sequence_first=False)
+                loss = scaled / scale
             self.per_sample.append(losses.detach())
             self.domain_id.append(batch["domain_id"])
             self.weights.append(used)
+            self.tokens.append(tokens)
+            if per_token:  # megatron-core divides by the global batch's tokens, summed over these
+                return loss, tokens.sum().int(), {"lm loss": loss.detach()}
             return loss, {"lm loss": loss.detach()}
 
         return output, loss_func
@@ -113,3 +155,12 @@ class WeightedLoss:
         if not self.per_sample:
             return None
         return torch.cat(self.per_sample), torch.cat(self.domain_id)
+
+    def collected_tokens(self) -> torch.Tensor | None:
+        """The loss tokens M_i of the samples of :meth:`collected`, in its order; None off the last stage."""
+        return torch.cat(self.tokens) if self.tokens else None
+
+
+def _coefficients(weights: torch.Tensor, tokens: torch.Tensor, per_token: bool) -> tuple[torch.Tensor, float]:
+    """The micro batch's loss as ``sum_i c_i l_i / normalizer``: (w_i, b), or per token (w_i M_i, 1)."""
+    return (weights * tokens, 1.0) if per_token else (weights, float(weights.shape[0]))

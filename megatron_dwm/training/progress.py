@@ -12,8 +12,8 @@ class TrainingProgress:
     consumed_train_samples: int = 0  # position of the training data iterator
     consumed_valid_samples: int = 0  # position of the valid-split iterator
     consumed_dwm_valid_samples: int = 0  # position in the DWM's validation set (outer steps)
-    skipped_iterations: int = 0  # iterations whose update was skipped (NaN/Inf), in total
-    consecutive_nonfinite: int = 0  # the current run of skipped iterations
+    skipped_iterations: int = 0  # iterations whose update was skipped (NaN/Inf, fp16 overflow), in total
+    consecutive_nonfinite: int = 0  # the current run of iterations skipped for a NaN/Inf
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

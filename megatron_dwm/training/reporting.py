@@ -37,7 +37,7 @@ class IntervalStats:
     def restart(self) -> None:
         self.totals = DomainTotals(self.num_domains)
         self.grad_norms: list[float] = []
-        self.skipped = 0  # updates skipped (a NaN/Inf loss or gradient on some rank)
+        self.skipped = 0  # updates skipped (a NaN/Inf loss or gradient on some rank, an fp16 overflow)
         self.nan = 0  # iterations whose loss, as this rank sees it, was NaN/Inf
         self.iterations = 0
         self.start = time.time()

@@ -25,6 +25,7 @@ from megatron_dwm.parallel import ParallelContext, print_rank0
 from megatron_dwm.platform import get_platform
 from megatron_dwm.training import checkpointing
 from megatron_dwm.training.build import (
+    LossScaling,
     build_optimizer,
     ddp_options,
     enable_overlaps,
@@ -65,7 +66,8 @@ class Trainer:
             self.arch, tensor_model_parallel_size=args.tensor_model_parallel_size,
             pipeline_model_parallel_size=args.pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
-            bf16=args.bf16, init_method_std=args.init_method_std, **transformer_options(args))
+            bf16=args.bf16, fp16=args.fp16, init_method_std=args.init_method_std,
+            calculate_per_token_loss=args.calculate_per_token_loss, **transformer_options(args))
         chunks = build_llama_model_chunks(self.arch, config, self.padded_vocab, args.seq_length,
                                           pg_collection=context.pg_collection)
         # this rank's DDP-wrapped model chunks: one, or one per virtual pipeline stage (interleaved schedule)
@@ -74,7 +76,8 @@ class Trainer:
         self.optimizer = build_optimizer(
             self.model, lr=args.lr, min_lr=args.min_lr, weight_decay=args.weight_decay, clip_grad=args.clip_grad,
             bf16=args.bf16, use_distributed_optimizer=args.use_distributed_optimizer,
-            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps)
+            adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
+            fp16=args.fp16, loss_scaling=LossScaling.from_args(args))
         config.finalize_model_grads_func = finalize_model_grads
         config.grad_scale_func = self.optimizer.scale_loss
         self.scheduler = build_scheduler(args, self.optimizer)
@@ -97,8 +100,8 @@ class Trainer:
             self.dwm_ranks.start(self.progress.state_dict())  # they build the datasets with us
         self.data = TrainingData(args, tokenizer, self.progress, self.device)
         throughput = Throughput(num_floating_point_operations(self.arch, self.padded_vocab, args.seq_length,
-                                                              args.global_batch_size),
-                                context.layout.llm_world_size, peak_flops_per_device(platform.device_name, args.bf16))
+                                                              args.global_batch_size), context.layout.llm_world_size,
+                                peak_flops_per_device(platform.device_name, args.bf16 or args.fp16))
         self.report = TrainingReport(args, self.is_logging_rank, self.progress.iteration, self.data.domains,
                                      throughput, platform, getattr(self.weighting, "schedule", None))
         if rng_state is not None:
@@ -163,9 +166,9 @@ class Trainer:
                                  progress.iteration, self._agree, self._next_dwm_valid_batch, self.finite_difference)
         progress.iteration += 1
         progress.consumed_train_samples += args.global_batch_size
-        progress.skipped_iterations += int(result.decision.nonfinite)
+        progress.skipped_iterations += int(result.skipped)
         progress.consecutive_nonfinite = progress.consecutive_nonfinite + 1 if result.decision.nonfinite else 0
-        self.report.interval.add(result.collected, result.grad_norm, result.decision.nonfinite)
+        self.report.interval.add(result.collected, result.grad_norm, result.skipped)
         if result.decision.nonfinite:
             self._report_nonfinite()
         return result
