@@ -58,6 +58,8 @@ def restore_adam_steps(optimizer: MegatronOptimizer) -> None:
     for group in inner.param_groups:
         if "step" not in group:
             continue
+        on_device = group.get("capturable") or group.get("fused")  # where torch's Adam keeps the count
         for param in group["params"]:
             if param in inner.state:
-                inner.state[param]["step"] = torch.tensor(float(group["step"]), dtype=torch.float32)
+                inner.state[param]["step"] = torch.tensor(float(group["step"]), dtype=torch.float32,
+                                                          device=param.device if on_device else "cpu")
