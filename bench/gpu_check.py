@@ -391,7 +391,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _table(rows: list[dict], columns: list[str], names: dict[str, str] | None = None) -> list[str]:
+def markdown_table(rows: list[dict], columns: list[str], names: dict[str, str] | None = None) -> list[str]:
+    """A markdown table of `rows` (first two columns left-aligned, the others right), headed by `names` or the keys."""
     names = names or {}
     lines = ["| " + " | ".join(names.get(column, column) for column in columns) + " |",
              "|" + "|".join(" --- " if index < 2 else " ---: " for index in range(len(columns))) + "|"]
@@ -426,9 +427,9 @@ def render_markdown(report: dict) -> str:
             continue
         lines += [f"{run['device']}, torch {run['torch']}, {run['dtype']}, vocab {run['vocab']}, seq {run['seq']}, "
                   f"median of {run['runs']} runs; device-to-device copy {run['copy GB/s']:,.0f} GB/s.", ""]
-        lines += _table(run["rows"], list(run["rows"][0]))
+        lines += markdown_table(run["rows"], list(run["rows"][0]))
         lines += ["", "Fused against megatron-core on the same inputs (relative error, max-norm):", ""]
-        lines += _table(run["checks"], ["mbs", "per-sample loss", "loss-only", "gradient", "ok"])
+        lines += markdown_table(run["checks"], ["mbs", "per-sample loss", "loss-only", "gradient", "ok"])
     train = parts.get("training")
     if train and "rows" in train:
         lines += ["", "## Training", "",
@@ -436,7 +437,7 @@ def render_markdown(report: dict) -> str:
                   f"{train['warm-up iterations (left out)']}; random tokens, so the loss means nothing.", ""]
         columns = ["mode", "loss kernel", "tokens per second", MS, MEAN_MS, "throughput per GPU (TFLOP/s/GPU)", "MFU",
                    PEAK_MEMORY_METRIC, "vs DWM off", "mean vs DWM off", "fused speed-up vs torch", "error"]
-        lines += _table(train["rows"], columns, {MS: "median ms/iteration", "throughput per GPU (TFLOP/s/GPU)": "TFLOP/s",
+        lines += markdown_table(train["rows"], columns, {MS: "median ms/iteration", "throughput per GPU (TFLOP/s/GPU)": "TFLOP/s",
                                                  PEAK_MEMORY_METRIC: "peak memory (GiB)"})
     for name, part in parts.items():
         if part.get("error"):

@@ -53,7 +53,7 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     fill_defaults(args, dp, valid)
     problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict,
                  *_weighting_problems(args, valid), *_dwm_problems(args, dp, valid), *data_problems(args),
-                 *output_problems(args), *_platform_problems(args)]
+                 *output_problems(args)]
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -296,13 +296,6 @@ def _interleaved_microbatch_problems(args: argparse.Namespace, flag: str, sample
     return [f"{flag} {samples} makes {batches} per data-parallel replica (--micro-batch-size {args.micro_batch_size} "
             f"x data-parallel size {data_parallel_size}); the interleaved pipeline schedule needs a multiple of "
             f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size}"]
-
-
-def _platform_problems(args: argparse.Namespace) -> list[str]:
-    """Options the current platform cannot honour."""
-    from megatron_dwm.platform import validate_platform_options
-
-    return validate_platform_options(args.use_distributed_optimizer, args.load is not None)
 
 
 # --- learning-rate schedule, weighting and DWM --------------------------------------------------

@@ -13,8 +13,9 @@ pipeline schedules, DDP, optimizer, clipping, checkpointing) run unchanged on gl
   and its default generator, so megatron-core's model-parallel RNG tracker forks the CPU RNG.
 
 This is the only module of the project that touches ``torch.cuda`` behaviour. On a GPU it changes
-nothing. megatron-core's distributed optimizer runs on gloo too (its reduce-scatter and all-gather);
-resuming it is a GPU option (``validate_platform_options``).
+nothing. megatron-core's distributed optimizer runs on gloo too (its reduce-scatter and all-gather), and
+resumes exactly (its torch-Adam fallback's step counts are mended by
+:mod:`megatron_dwm.training.torch_adam_resume`).
 """
 
 from __future__ import annotations
@@ -116,14 +117,6 @@ def _transformer_engine_importable() -> bool:
 def get_platform() -> Platform:
     """The platform chosen by `init_platform` (selecting it now if nobody did)."""
     return init_platform()
-
-
-def validate_platform_options(use_distributed_optimizer: bool, loads_checkpoint: bool) -> list[str]:
-    """Problems with options the current platform cannot honour (empty if none)."""
-    if _gpu_in_use() or not (use_distributed_optimizer and loads_checkpoint):
-        return []
-    return ["--use-distributed-optimizer with --load needs a GPU: without Apex or Transformer Engine, megatron-core's "
-            "distributed optimizer does not resume its Adam state exactly (it trains and saves on the CPU)"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ def _validate(data_flags):
     (["--num-attention-heads", "8", "--num-query-groups", "3"], 1, "--num-attention-heads 8 is not divisible by --num-query-groups 3"),
     (["--micro-batch-size", "2", "--global-batch-size", "6"], 2,
      "--global-batch-size 6 is not divisible by --micro-batch-size 2 x data-parallel size 2"),
-    (["--use-distributed-optimizer", "--load", "/nonexistent/ckpt"], 1, "--use-distributed-optimizer with --load needs a GPU"),
     (["--dwm-valid-data-path", "/nonexistent/lambada"], 1, "--dwm-valid-data-path: no /nonexistent/lambada.bin/.idx"),
     ([*PP2, "--num-layers-per-virtual-pipeline-stage", "1", "--num-virtual-stages-per-pipeline-rank", "2"], 2,
      "--num-layers-per-virtual-pipeline-stage 1 and --num-virtual-stages-per-pipeline-rank 2 both set the virtual "

@@ -175,9 +175,7 @@ def _additions(corpus, script: list[str]) -> list[str]:
 @pytest.mark.parametrize("script,world_size,refused",
                          [(LLAMA3_8B_FP8, 8, LLAMA3_REFUSED), (GPT3_175B, 4, GPT3_REFUSED)],
                          ids=["llama3_8b_h100_fp8", "gpt3_175b_distributed"])
-def test_megatron_lm_scripts_parse_but_for_the_refused_flags(script, world_size, refused, corpus, tmp_path,
-                                                              monkeypatch):
-    monkeypatch.setattr("megatron_dwm.platform.validate_platform_options", lambda *_: [])  # as on a GPU
+def test_megatron_lm_scripts_parse_but_for_the_refused_flags(script, world_size, refused, corpus, tmp_path):
     argv = [*_script(script, corpus, tmp_path), *_additions(corpus, script)]
     with pytest.raises(ConfigError) as error:
         parse_args(argv, world_size=world_size)

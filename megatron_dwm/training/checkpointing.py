@@ -49,6 +49,7 @@ from megatron_dwm.checkpoint_layout import (  # noqa: F401 - re-exported
 )
 from megatron_dwm.model.presets import LlamaArch
 from megatron_dwm.training.build import distributed_optimizer, model_chunks
+from megatron_dwm.training.torch_adam_resume import prepare_for_load, restore_adam_steps
 
 CHECKPOINT_VERSION = 3.0
 
@@ -182,6 +183,8 @@ def load_checkpoint(
     Returns the checkpoint's common state plus the loaded `sharded` entries (by their keys).
     """
     path = latest_checkpoint_dir(root)
+    if optimizer is not None:
+        prepare_for_load(optimizer)
     state = load_sharded(_training_state_dict(model, optimizer, sharded, is_loading=True), path)
     chunks = _model_chunks(model)
     for key, chunk in zip(_model_keys(len(chunks)), chunks):
@@ -189,6 +192,7 @@ def load_checkpoint(
     if optimizer is not None:
         with torch.no_grad():  # the distributed optimizer copies into its fp32 main parameters in place
             optimizer.load_state_dict(state.pop("optimizer"))
+        restore_adam_steps(optimizer)
     return state
 
 

@@ -23,7 +23,10 @@ from tests.training.run_comparison import metrics_by_iteration
 FAULTS = Path(__file__).parent / "scripts" / "train_with_faults.py"
 N = 3
 LAYOUTS = {  # name: (world size, parallel flags, the stop signal of the pre-emption, threads per rank)
-    "tp1-dp2": (2, ["--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1"], signal.SIGTERM, 1),
+    # megatron-core's distributed optimizer: each rank saves and restores its shard of Adam's state, whose
+    # exp_avg_sq the DWM's finite-difference direction reads (the plain optimizer at DP=2: tp1-dp2-dwm1)
+    "tp1-dp2-distopt": (2, ["--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1",
+                            "--use-distributed-optimizer", "--dwm-fd-direction", "adam"], signal.SIGTERM, 1),
     "tp2-pp2": (4, ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"], signal.SIGTERM, 1),
     # the DWM on its own rank: its state is in the checkpoint too, and it must outlive SIGUSR1 (whose default kills)
     "tp1-dp2-dwm1": (3, ["--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1",
@@ -117,9 +120,10 @@ def test_resume_after_sigkill_and_a_stop_signal_is_bit_exact(layout, corpus, ref
 
 
 def test_checkpoint_reshards_to_another_layout(corpus, reference_runs, tmp_path):
-    """The TP=1 x DP=2 checkpoint loads into TP=2 x PP=2: same validation loss (up to fp32 reassociation);
-    the random states, tied to the layout, start from the seed instead."""
-    reference_dir = reference_runs("tp1-dp2")
+    """The TP=1 x DP=2 checkpoint (the plain optimizer's, the DWM's on its own rank) loads into TP=2 x PP=2:
+    same validation loss (up to fp32 reassociation); the random states, tied to
+    the layout, start from the seed instead."""
+    reference_dir = reference_runs("tp1-dp2-dwm1")
     reference = losses_by_iteration(reference_dir / "metrics.jsonl", "lm loss validation")
     metrics = tmp_path / "metrics.jsonl"
     job = run_job(training_flags(corpus, *LAYOUTS["tp2-pp2"][1], "--train-iters", str(2 * N), "--load",
