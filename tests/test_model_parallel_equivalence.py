@@ -39,12 +39,15 @@ def _optimizer(model):
     return build_optimizer(model, lr=3e-3, weight_decay=0.01, clip_grad=1.0)
 
 
-def _run(rank, world_size, tp, pp, weights_dir, grads_dir, save_initial):
+def _run(rank, world_size, tp, pp, weights_dir, grads_dir, save_initial, features=None):
+    from megatron.core.distributed import finalize_model_grads
+
     from megatron_dwm.training.checkpointing import load_checkpoint, save_checkpoint
     from tests.megatron_model import build_on_rank, forward_backward, wrap_ddp
 
     arch = _arch()
-    model = build_on_rank(arch, VOCAB, tp=tp, pp=pp, seq_length=SEQ)
+    model = build_on_rank(arch, VOCAB, tp=tp, pp=pp, seq_length=SEQ, **(features or {}))
+    model.config.finalize_model_grads_func = finalize_model_grads  # as the trainer (sequence-parallel norms)
     if save_initial:
         save_checkpoint(weights_dir, 0, model, arch)
     else:
@@ -90,10 +93,21 @@ def reference(tmp_path_factory):
     return result
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (2, 2)])
-def test_parallel_layout_matches_single_rank(reference, tmp_path, tp, pp):
+SEQUENCE_PARALLEL = {"sequence_parallel": True}
+FULL_RECOMPUTE = {"recompute_granularity": "full", "recompute_method": "block", "recompute_num_layers": 1}
+SELECTIVE_RECOMPUTE = {"recompute_granularity": "selective"}
+
+
+@pytest.mark.parametrize("tp,pp,features", [
+    (2, 1, None), (1, 2, None), (2, 2, None),
+    # megatron-core's memory features: the same losses and gradients (tests/training/test_scale_features.py: in training)
+    (2, 1, SEQUENCE_PARALLEL), (2, 2, {**SEQUENCE_PARALLEL, **FULL_RECOMPUTE}), (1, 2, SELECTIVE_RECOMPUTE),
+], ids=["tp2", "pp2", "tp2-pp2", "tp2-sequence-parallel", "tp2-pp2-sequence-parallel-full-recompute",
+        "pp2-selective-recompute"])
+def test_parallel_layout_matches_single_rank(reference, tmp_path, tp, pp, features):
     grads_dir = tmp_path / "grads"
-    results = run_distributed(_run, tp * pp, args=(tp, pp, str(reference["weights"]), str(grads_dir), False))
+    results = run_distributed(_run, tp * pp, args=(tp, pp, str(reference["weights"]), str(grads_dir), False,
+                                                   features))
     last_stage = [r for r in results if r["per_token"] is not None]
     assert len(last_stage) == tp  # every TP rank of the last stage holds the full per-token losses
     for result in last_stage:
