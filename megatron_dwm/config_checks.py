@@ -40,7 +40,8 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     layout = _rank_layout(args, world_size, valid)
     dp = _data_parallel_size(layout, valid)
     problems = [*out_of_range.values(), *megatron_flag_problems(args), *_model_problems(args, valid),
-                *_scale_feature_problems(args, valid), *(layout.problems() if layout else [])]
+                *_scale_feature_problems(args, valid), *_context_parallel_problems(args, valid),
+                *(layout.problems() if layout else [])]
     if not fill_virtual_pipeline(args, valid):
         unknown.add("virtual_pipeline_model_parallel_size")
     problems += _virtual_pipeline_problems(args, valid)
@@ -133,10 +134,10 @@ def default_valid_batch_size(args: argparse.Namespace, data_parallel_size: int) 
 
 def _rank_layout(args: argparse.Namespace, world_size: int, valid: Valid) -> RankLayout | None:
     """The split of the world's ranks, or None where its flags are out of range."""
-    if not valid("tensor_model_parallel_size", "pipeline_model_parallel_size", "dwm_ranks"):
+    if not valid("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size", "dwm_ranks"):
         return None
     return RankLayout(world_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                      args.dwm_ranks)
+                      args.dwm_ranks, args.context_parallel_size)
 
 
 def _data_parallel_size(layout: RankLayout | None, valid: Valid) -> int | None:
@@ -176,11 +177,12 @@ def _model_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
 def _scale_feature_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
     """Sequence parallelism, activation recomputation and the overlaps, as Megatron-LM checks them."""
     problems = []
-    tp = args.tensor_model_parallel_size
-    if args.sequence_parallel and tp > 1 and valid("seq_length", "tensor_model_parallel_size") \
-            and args.seq_length % tp:
+    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
+    if args.sequence_parallel and tp > 1 and valid("seq_length", "tensor_model_parallel_size",
+                                                   "context_parallel_size") and args.seq_length % (tp * cp):
+        split = f" x --context-parallel-size {cp}" if cp > 1 else ""
         problems.append(f"--sequence-parallel splits the sequence over tensor-parallel ranks: --seq-length "
-                        f"{args.seq_length} is not divisible by --tensor-model-parallel-size {tp}")
+                        f"{args.seq_length} is not divisible by --tensor-model-parallel-size {tp}{split}")
     granularity = "selective" if args.recompute_activations else args.recompute_granularity
     if args.recompute_activations and args.recompute_granularity not in (None, "selective"):
         problems.append(f"--recompute-activations means --recompute-granularity selective, not "
@@ -191,6 +193,26 @@ def _scale_feature_problems(args: argparse.Namespace, valid: Valid) -> list[str]
         problems.append(f"--recompute-method {args.recompute_method} applies to --recompute-granularity full")
     if args.overlap_param_gather and not (args.use_distributed_optimizer and args.overlap_grad_reduce):
         problems.append("--overlap-param-gather needs --use-distributed-optimizer and --overlap-grad-reduce")
+    return problems
+
+
+def _context_parallel_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """Context parallelism against the sequence, the masks and the loss kernel (megatron-core's
+    load-balanced split, Transformer Engine's causal context-parallel attention)."""
+    cp = args.context_parallel_size
+    if not valid("context_parallel_size") or cp == 1:
+        return []
+    problems = []
+    if valid("seq_length") and args.seq_length % (2 * cp):
+        problems.append(f"--context-parallel-size {cp} splits each sequence into 2 x {cp} = {2 * cp} equal chunks "
+                        f"(megatron-core's load-balanced split): --seq-length {args.seq_length} is not divisible "
+                        f"by {2 * cp}")
+    if args.reset_attention_mask:
+        problems.append(f"--reset-attention-mask builds explicit attention masks, which the context-parallel "
+                        f"attention (causal only) does not take: not with --context-parallel-size {cp}")
+    if args.loss_kernel == "fused":
+        problems.append(f"--loss-kernel fused reduces each sample's tokens on one rank: not with "
+                        f"--context-parallel-size {cp} (use --loss-kernel torch or auto)")
     return problems
 
 
@@ -288,7 +310,7 @@ def _platform_problems(args: argparse.Namespace) -> list[str]:
     """Options the current platform cannot honour."""
     from megatron_dwm.platform import validate_platform_options
 
-    return validate_platform_options(args.use_distributed_optimizer, args.load is not None)
+    return validate_platform_options(args.use_distributed_optimizer, args.load is not None, args.context_parallel_size)
 
 
 # --- learning-rate schedule, weighting and DWM --------------------------------------------------

@@ -119,12 +119,20 @@ def get_platform() -> Platform:
     return init_platform()
 
 
-def validate_platform_options(use_distributed_optimizer: bool, loads_checkpoint: bool) -> list[str]:
+def validate_platform_options(use_distributed_optimizer: bool, loads_checkpoint: bool,
+                              context_parallel_size: int = 1) -> list[str]:
     """Problems with options the current platform cannot honour (empty if none)."""
-    if _gpu_in_use() or not (use_distributed_optimizer and loads_checkpoint):
-        return []
-    return ["--use-distributed-optimizer with --load needs a GPU: without Apex or Transformer Engine, megatron-core's "
-            "distributed optimizer does not resume its Adam state exactly (it trains and saves on the CPU)"]
+    problems = []
+    if use_distributed_optimizer and loads_checkpoint and not _gpu_in_use():
+        problems.append("--use-distributed-optimizer with --load needs a GPU: without Apex or Transformer Engine, "
+                        "megatron-core's distributed optimizer does not resume its Adam state exactly (it trains and "
+                        "saves on the CPU)")
+    if context_parallel_size > 1 and not (_gpu_in_use() and _transformer_engine_importable()):
+        where = "Transformer Engine is not available" if _gpu_in_use() else "no GPU is in use"
+        problems.append(f"--context-parallel-size {context_parallel_size} needs Transformer Engine's attention on a "
+                        f"GPU ({where}): megatron-core's context-parallel attention is TEDotProductAttention, its "
+                        "local attention takes --context-parallel-size 1 only")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------

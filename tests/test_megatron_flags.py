@@ -90,7 +90,8 @@ GPT3_REFUSED = {"--step-batch-size-schedule", "--fp16", "--vocab-file", "--merge
 # The classification, in full: a change to megatron_dwm.megatron_flags must be made here too.
 SUPPORTED = (
     "--accumulate-allreduce-grads-in-fp32", "--adam-beta1", "--adam-beta2", "--adam-eps", "--attention-dropout",
-    "--bf16", "--ckpt-format", "--ckpt-step", "--clip-grad", "--data-cache-path", "--data-path", "--ddp-bucket-size",
+    "--bf16", "--ckpt-format", "--ckpt-step", "--clip-grad", "--context-parallel-size", "--data-cache-path",
+    "--data-path", "--ddp-bucket-size",
     "--disable-bias-linear", "--distributed-timeout-minutes", "--eod-mask-loss", "--eval-interval", "--eval-iters",
     "--exit-duration-in-mins", "--exit-interval", "--exit-signal-handler", "--ffn-hidden-size", "--finetune",
     "--global-batch-size", "--grad-reduce-in-bf16", "--group-query-attention", "--hidden-dropout", "--hidden-size",
@@ -124,7 +125,7 @@ IGNORED = (
 )
 REFUSED = (
     "--add-qkv-bias", "--apply-layernorm-1p", "--apply-residual-connection-post-layernorm",
-    "--calculate-per-token-loss", "--context-parallel-size", "--decoder-first-pipeline-num-layers",
+    "--calculate-per-token-loss", "--decoder-first-pipeline-num-layers",
     "--decoder-last-pipeline-num-layers", "--decoupled-lr", "--decoupled-min-lr", "--end-weight-decay",
     "--expert-model-parallel-size", "--fp16", "--fp32-residual-connection", "--fp8-amax-compute-algo",
     "--fp8-amax-history-len", "--fp8-format", "--fp8-interval", "--fp8-margin", "--fp8-param-gather", "--fp8-recipe",
