@@ -5,6 +5,12 @@ megatron-core's schedule divides each micro batch's loss by the number of micro 
 DDP averages gradients over data-parallel ranks, so the step minimises ``sum_i w_i l_i / n`` over
 the global batch of ``n`` samples, exactly as Megatron-LM reduces its loss.
 
+Under context parallelism (CP ranks each holding a share of every sample's tokens) the model runs
+on this rank's share, ``l_i`` is still the whole sample's (its sums all-reduced over the CP group),
+and its gradient reaches this rank's tokens only. megatron-core's schedule multiplies the loss by
+CP (its legacy loss scaling, which Megatron-LM's ``pretrain_gpt.py`` relied on) and DDP averages
+over DP x CP ranks, so the CP ranks' parts add up to the gradient of the unsplit sequences.
+
 Two implementations of the same loss, chosen by ``--loss-kernel``:
 
 - ``torch``: megatron-core's ``labels=`` path (vocab-parallel cross-entropy) gives per-token
@@ -20,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.distributed as dist
 
+from megatron_dwm.data.batches import context_parallel_share
 from megatron_dwm.ops import per_sample_cross_entropy, resolve_loss_kernel, weighted_cross_entropy
 
 if TYPE_CHECKING:
@@ -62,10 +69,20 @@ class WeightedLoss:
 
     A micro batch's weights are a tensor, or a function of its per-sample losses (detached) that
     returns them: the loss-based policy's weights, computed in the same forward pass.
+
+    `context_parallel_group`: the model sees this rank's share of each micro batch's tokens
+    (:func:`context_parallel_share`), the losses are the whole samples'. The fused kernel reduces a
+    sample on one rank, so under CP > 1 ``auto`` is the torch path (``fused`` is refused by the
+    argument checks).
     """
 
-    def __init__(self, kernel: str, device: torch.device) -> None:
-        self.kernel = resolve_loss_kernel(kernel, device)
+    def __init__(self, kernel: str, device: torch.device,
+                 context_parallel_group: "dist.ProcessGroup | None" = None) -> None:
+        self.context_parallel_group = context_parallel_group
+        split = context_parallel_group is not None and dist.get_world_size(context_parallel_group) > 1
+        self.kernel = "torch" if split and kernel == "auto" else resolve_loss_kernel(kernel, device)
+        if split and self.kernel == "fused":
+            raise ValueError("the fused loss kernel does not support context parallelism")
         self.per_sample: list[torch.Tensor] = []
         self.domain_id: list[torch.Tensor] = []
         self.weights: list[torch.Tensor] = []
@@ -77,9 +94,10 @@ class WeightedLoss:
 
     def forward_step(self, chunk, batch: dict[str, torch.Tensor], weights: "SampleWeights | None",
                      forward_only: bool) -> tuple[torch.Tensor, LossFunc]:
-        """megatron-core's forward step function for one micro batch: ``chunk(batch)`` and the loss function
-        the schedule applies to its output."""
+        """megatron-core's forward step function for one micro batch: ``chunk(batch)`` (this context-parallel
+        rank's share of it) and the loss function the schedule applies to its output."""
         fused = self.kernel == "fused"
+        batch = context_parallel_share(batch, self.context_parallel_group)
         output = chunk(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
                        labels=None if fused else batch["labels"])
         if weights is None:
@@ -87,7 +105,7 @@ class WeightedLoss:
 
         def loss_func(output_tensor: torch.Tensor) -> tuple[torch.Tensor, dict]:
             if not fused:
-                losses = per_sample_loss(output_tensor, batch["loss_mask"])
+                losses = per_sample_loss(output_tensor, batch["loss_mask"], self.context_parallel_group)
                 used = resolve_weights(weights, losses)
                 loss = (used * losses).sum() / losses.shape[0]
             elif forward_only:
