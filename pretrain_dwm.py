@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     bind_children_to_this_process()  # no helper (loader worker, checkpoint writer) outlives this rank
     context = initialize_parallel(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                                   args.dwm_ranks, args.seed, args.distributed_timeout_minutes,
-                                  args.virtual_pipeline_model_parallel_size)
+                                  args.virtual_pipeline_model_parallel_size, args.context_parallel_size)
     try:
         code = Trainer(args, context).train() if context.is_llm_rank else run_dwm_rank(args, context)
     except CheckpointError as error:

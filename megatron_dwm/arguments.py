@@ -81,6 +81,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "seq_length": AT_LEAST_1,
     "tensor_model_parallel_size": AT_LEAST_1,
     "pipeline_model_parallel_size": AT_LEAST_1,
+    "context_parallel_size": AT_LEAST_1,
     "num_layers_per_virtual_pipeline_stage": AT_LEAST_1,
     "num_virtual_stages_per_pipeline_rank": AT_LEAST_1,
     "dwm_ranks": AT_LEAST_0,
@@ -219,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     parallel = parser.add_argument_group("parallelism")
     parallel.add_argument("--tensor-model-parallel-size", type=int, default=1, help="tensor-parallel size (TP)")
     parallel.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="pipeline-parallel size (PP)")
+    parallel.add_argument("--context-parallel-size", type=int, default=1,
+                          help="context-parallel size (CP): each sample's tokens are split over CP ranks "
+                               "(megatron-core's load-balanced split: --seq-length a multiple of 2 x CP); needs "
+                               "Transformer Engine's attention (a GPU)")
     parallel.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
                           help="megatron-core's interleaved pipeline schedule: the model is cut into chunks "
                                "(virtual stages) of this many layers, dealt out to the PP ranks in turn, each rank "

@@ -41,6 +41,7 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     dp = _data_parallel_size(layout, valid)
     problems = [*out_of_range.values(), *megatron_flag_problems(args), *_model_problems(args, valid),
                 *_scale_feature_problems(args, valid), *_precision_problems(args, valid),
+                *_context_parallel_problems(args, valid),
                 *(layout.problems() if layout else [])]
     if not fill_virtual_pipeline(args, valid):
         unknown.add("virtual_pipeline_model_parallel_size")
@@ -53,7 +54,7 @@ def validate_args(args: argparse.Namespace, world_size: int | None = None) -> No
     fill_defaults(args, dp, valid)
     problems += [*_batch_problems(args, dp), *_schedule_problems(args, valid), *conflict,
                  *_weighting_problems(args, valid), *_dwm_problems(args, dp, valid), *data_problems(args),
-                 *output_problems(args)]
+                 *output_problems(args), *_platform_problems(args)]
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -134,10 +135,10 @@ def default_valid_batch_size(args: argparse.Namespace, data_parallel_size: int) 
 
 def _rank_layout(args: argparse.Namespace, world_size: int, valid: Valid) -> RankLayout | None:
     """The split of the world's ranks, or None where its flags are out of range."""
-    if not valid("tensor_model_parallel_size", "pipeline_model_parallel_size", "dwm_ranks"):
+    if not valid("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size", "dwm_ranks"):
         return None
     return RankLayout(world_size, args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
-                      args.dwm_ranks)
+                      args.dwm_ranks, args.context_parallel_size)
 
 
 def _data_parallel_size(layout: RankLayout | None, valid: Valid) -> int | None:
@@ -177,11 +178,12 @@ def _model_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
 def _scale_feature_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
     """Sequence parallelism, activation recomputation and the overlaps, as Megatron-LM checks them."""
     problems = []
-    tp = args.tensor_model_parallel_size
-    if args.sequence_parallel and tp > 1 and valid("seq_length", "tensor_model_parallel_size") \
-            and args.seq_length % tp:
+    tp, cp = args.tensor_model_parallel_size, args.context_parallel_size
+    if args.sequence_parallel and tp > 1 and valid("seq_length", "tensor_model_parallel_size",
+                                                   "context_parallel_size") and args.seq_length % (tp * cp):
+        split = f" x --context-parallel-size {cp}" if cp > 1 else ""
         problems.append(f"--sequence-parallel splits the sequence over tensor-parallel ranks: --seq-length "
-                        f"{args.seq_length} is not divisible by --tensor-model-parallel-size {tp}")
+                        f"{args.seq_length} is not divisible by --tensor-model-parallel-size {tp}{split}")
     granularity = "selective" if args.recompute_activations else args.recompute_granularity
     if args.recompute_activations and args.recompute_granularity not in (None, "selective"):
         problems.append(f"--recompute-activations means --recompute-granularity selective, not "
@@ -205,6 +207,29 @@ def _precision_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
             and args.min_loss_scale > args.initial_loss_scale:
         problems.append(f"--min-loss-scale {args.min_loss_scale} exceeds --initial-loss-scale "
                         f"{args.initial_loss_scale}")
+    return problems
+
+
+def _context_parallel_problems(args: argparse.Namespace, valid: Valid) -> list[str]:
+    """Context parallelism against the sequence, the masks and the loss kernel (megatron-core's
+    load-balanced split, Transformer Engine's causal context-parallel attention)."""
+    cp = args.context_parallel_size
+    if not valid("context_parallel_size") or cp == 1:
+        return []
+    problems = []
+    if valid("seq_length") and args.seq_length % (2 * cp):
+        problems.append(f"--context-parallel-size {cp} splits each sequence into 2 x {cp} = {2 * cp} equal chunks "
+                        f"(megatron-core's load-balanced split): --seq-length {args.seq_length} is not divisible "
+                        f"by {2 * cp}")
+    if args.reset_attention_mask:
+        problems.append(f"--reset-attention-mask builds explicit attention masks, which the context-parallel "
+                        f"attention (causal only) does not take: not with --context-parallel-size {cp}")
+    if args.loss_kernel == "fused":
+        problems.append(f"--loss-kernel fused reduces each sample's tokens on one rank: not with "
+                        f"--context-parallel-size {cp} (use --loss-kernel torch or auto)")
+    if args.calculate_per_token_loss:
+        problems.append(f"--calculate-per-token-loss counts each sample's loss tokens on one rank: not with "
+                        f"--context-parallel-size {cp} yet")
     return problems
 
 
@@ -296,6 +321,13 @@ def _interleaved_microbatch_problems(args: argparse.Namespace, flag: str, sample
     return [f"{flag} {samples} makes {batches} per data-parallel replica (--micro-batch-size {args.micro_batch_size} "
             f"x data-parallel size {data_parallel_size}); the interleaved pipeline schedule needs a multiple of "
             f"--pipeline-model-parallel-size {args.pipeline_model_parallel_size}"]
+
+
+def _platform_problems(args: argparse.Namespace) -> list[str]:
+    """Options the current platform cannot honour."""
+    from megatron_dwm.platform import validate_platform_options
+
+    return validate_platform_options(args.context_parallel_size)
 
 
 # --- learning-rate schedule, weighting and DWM --------------------------------------------------

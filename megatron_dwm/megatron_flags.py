@@ -10,7 +10,7 @@ A command line of Megatron-LM's GPT and Llama examples parses here unchanged. Ea
   what is trained; accepted, without effect, and listed once at start-up. Its value is not read.
 - refused (REFUSED): a feature not supported yet, or one the Llama architecture does not have;
   refused by `parse_args`, naming the flag, unless given with Megatron-LM's default (off) value,
-  such as ``--context-parallel-size 1``.
+  such as ``--expert-model-parallel-size 1``.
 
 Without model flags the model is this project's Llama, not Megatron-LM's default GPT (LayerNorm,
 GeLU, learned positions, dropout 0.1, biases, tied embeddings). Imports neither torch nor
@@ -56,10 +56,10 @@ ARGUMENT_FLAGS: tuple[str, ...] = (
     "--untie-embeddings-and-output-weights", "--init-method-std", "--bf16", "--fp16", "--loss-scale",
     "--initial-loss-scale", "--min-loss-scale", "--loss-scale-window", "--hysteresis",
     # parallelism
-    "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--num-layers-per-virtual-pipeline-stage",
-    "--num-virtual-stages-per-pipeline-rank", "--use-distributed-optimizer", "--distributed-timeout-minutes",
-    "--sequence-parallel", "--overlap-grad-reduce", "--overlap-param-gather", "--ddp-bucket-size",
-    "--grad-reduce-in-bf16",
+    "--tensor-model-parallel-size", "--pipeline-model-parallel-size", "--context-parallel-size",
+    "--num-layers-per-virtual-pipeline-stage", "--num-virtual-stages-per-pipeline-rank", "--use-distributed-optimizer",
+    "--distributed-timeout-minutes", "--sequence-parallel", "--overlap-grad-reduce", "--overlap-param-gather",
+    "--ddp-bucket-size", "--grad-reduce-in-bf16",
     # memory
     "--recompute-activations", "--recompute-granularity", "--recompute-method", "--recompute-num-layers",
     # training
@@ -126,7 +126,6 @@ IGNORED: dict[str, Flag] = {
 
 REFUSED: dict[str, Flag] = {
     # parallelism and memory
-    "--context-parallel-size": _only(int, 1, "not supported yet (only 1)"),
     "--expert-model-parallel-size": _only(int, 1, "not supported yet (only 1)"),
     **dict.fromkeys(("--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers"), Flag(int)),
     **dict.fromkeys(("--tp-comm-overlap", "--use-torch-fsdp2", "--use-megatron-fsdp"), SWITCH),

@@ -3,10 +3,11 @@
 ::
 
     world = [ LLM ranks 0 .. T-1 | DWM ranks T .. T+A-1 ]
-              TP x PP x DP = T     --dwm-ranks A (0 = colocated)
+              TP x CP x PP x DP = T   --dwm-ranks A (0 = colocated)
 
-The LLM's tensor/pipeline/data-parallel groups are built by megatron-core's
-``initialize_model_parallel(..., rank_offset=0, local_world_size=T)``, so they cover the LLM ranks
+The LLM's tensor/context/pipeline/data-parallel groups are built by megatron-core's
+``initialize_model_parallel(..., rank_offset=0, local_world_size=T)`` (Megatron-LM's rank order:
+TP fastest, then CP, DP, PP), so they cover the LLM ranks
 only; every rank of the world takes part in creating them (group creation is collective), and the
 ranks outside get no LLM group. megatron-core's ``ProcessGroupCollection`` of the LLM is then
 handed to the model, DDP, optimizer and schedules.
@@ -114,15 +115,18 @@ def initialize_parallel(
     seed: int = 1234,
     timeout_minutes: int = 10,
     virtual_pipeline_model_parallel_size: int | None = None,
+    context_parallel_size: int = 1,
 ) -> ParallelContext:
     """Join the world, build the LLM's megatron-core groups on ranks 0..T-1, and seed the RNGs.
 
     `virtual_pipeline_model_parallel_size`: model chunks per pipeline rank (None: one), which selects
-    megatron-core's interleaved pipeline schedule. Called by every rank of the world. Raises
-    ValueError naming the flags if the layout is impossible.
+    megatron-core's interleaved pipeline schedule. `context_parallel_size`: ranks that split each
+    sample's tokens (CP); DDP then reduces gradients over DP x CP. Called by every rank of the world.
+    Raises ValueError naming the flags if the layout is impossible.
     """
     init_distributed(timeout_minutes)
-    layout = RankLayout(dist.get_world_size(), tensor_model_parallel_size, pipeline_model_parallel_size, dwm_ranks)
+    layout = RankLayout(dist.get_world_size(), tensor_model_parallel_size, pipeline_model_parallel_size, dwm_ranks,
+                        context_parallel_size)
     problems = layout.problems()
     if problems:
         raise ValueError("; ".join(problems))
@@ -131,6 +135,7 @@ def initialize_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
         rank_offset=0,
         local_world_size=layout.llm_world_size,
         distributed_timeout_minutes=timeout_minutes,

@@ -6,8 +6,9 @@ dropout, and asserts ``torch.cuda.FloatTensor`` in gradient clipping. On a machi
 this module makes the CPU stand in for CUDA device 0, so megatron-core's own classes (models,
 pipeline schedules, DDP, optimizer, clipping, checkpointing) run unchanged on gloo:
 
-* factory calls and moves that name a CUDA device are redirected to the CPU (a torch function
-  mode, so it covers every call site without touching megatron-core's files);
+* factory calls and moves that name a CUDA device are redirected to the CPU, and requests for
+  pinned (page-locked) host memory, which needs a CUDA driver, are dropped (a torch function mode,
+  so it covers every call site without touching megatron-core's files);
 * ``Tensor.type()`` reports CUDA type names for CPU tensors, consistently with that alias;
 * ``torch.cuda.current_device/synchronize/...`` and the CUDA RNG state calls are routed to the CPU
   and its default generator, so megatron-core's model-parallel RNG tracker forks the CPU RNG.
@@ -119,6 +120,16 @@ def get_platform() -> Platform:
     return init_platform()
 
 
+def validate_platform_options(context_parallel_size: int = 1) -> list[str]:
+    """Problems with options the current platform cannot honour (empty if none)."""
+    if context_parallel_size > 1 and not (_gpu_in_use() and _transformer_engine_importable()):
+        where = "Transformer Engine is not available" if _gpu_in_use() else "no GPU is in use"
+        return [f"--context-parallel-size {context_parallel_size} needs Transformer Engine's attention on a "
+                f"GPU ({where}): megatron-core's context-parallel attention is TEDotProductAttention, its "
+                "local attention takes --context-parallel-size 1 only"]
+    return []
+
+
 # --------------------------------------------------------------------------------------------
 # CPU compatibility layer
 # --------------------------------------------------------------------------------------------
@@ -152,12 +163,14 @@ class _CudaOnCpu(TorchFunctionMode):
         kwargs = dict(kwargs or {})
         if func is torch.autograd.backward or func is torch.Tensor.backward:
             return self._backward(func, *args, **kwargs)
-        if func is torch.Tensor.cuda:
+        if func is torch.Tensor.cuda or func is torch.Tensor.pin_memory:
             return args[0]
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
             return _CUDA_TYPE_NAMES.get(args[0].dtype, func(*args))
         if _names_cuda(kwargs.get("device")):
             kwargs["device"] = _CPU
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
         if func is torch.Tensor.to:
             args = tuple(_CPU if _names_cuda(a) else a for a in args)
         return func(*args, **kwargs)

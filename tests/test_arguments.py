@@ -117,6 +117,60 @@ def test_interleaved_schedule_rounds_the_default_validation_batch_to_pp_micro_ba
     assert sizes == [2, 4]  # a quarter of the batch is 1 micro batch; the interleaved schedule takes PP of them
 
 
+# -- context parallelism ---------------------------------------------------------------------------
+CP2 = ["--context-parallel-size", "2"]
+
+
+def _platform(monkeypatch, gpu: bool, transformer_engine: bool) -> None:
+    monkeypatch.setattr("megatron_dwm.platform._gpu_in_use", lambda force_cpu=None: gpu)
+    monkeypatch.setattr("megatron_dwm.platform._transformer_engine_importable", lambda: transformer_engine)
+
+
+@pytest.mark.parametrize("gpu,reason", [(False, "no GPU is in use"), (True, "Transformer Engine is not available")])
+def test_context_parallelism_needs_transformer_engine_attention(gpu, reason, _validate, monkeypatch):
+    _platform(monkeypatch, gpu, transformer_engine=False)
+    with pytest.raises(ConfigError) as error:
+        _validate(CP2, 2)
+    assert _problems(str(error.value)) == [
+        f"--context-parallel-size 2 needs Transformer Engine's attention on a GPU ({reason}): megatron-core's "
+        "context-parallel attention is TEDotProductAttention, its local attention takes --context-parallel-size 1 only"]
+
+
+def test_context_parallel_ranks_share_a_replica(data_flags, monkeypatch):
+    """TP 2 x CP 2 x PP 2 on 16 ranks: DP 2, so the default global batch is micro batch x 2."""
+    _platform(monkeypatch, gpu=True, transformer_engine=True)
+    args = parse_args([*data_flags, *CP2, "--tensor-model-parallel-size", "2", *PP2, "--micro-batch-size", "3"],
+                      world_size=16)
+    assert (args.context_parallel_size, args.global_batch_size) == (2, 6)
+
+
+@pytest.mark.parametrize("flags,world_size,message", [
+    ([*CP2, "--tensor-model-parallel-size", "2"], 6,
+     "world size 6 = 6 LLM ranks is not divisible by --tensor-model-parallel-size 2 x --context-parallel-size 2 x "
+     "--pipeline-model-parallel-size 1 = 4"),
+    ([*CP2, "--seq-length", "250"], 2,
+     "--context-parallel-size 2 splits each sequence into 2 x 2 = 4 equal chunks (megatron-core's load-balanced "
+     "split): --seq-length 250 is not divisible by 4"),
+    ([*CP2, "--tensor-model-parallel-size", "4", "--num-attention-heads", "8", "--num-query-groups", "4",
+      "--sequence-parallel", "--seq-length", "68"], 8,
+     "--sequence-parallel splits the sequence over tensor-parallel ranks: --seq-length 68 is not divisible by "
+     "--tensor-model-parallel-size 4 x --context-parallel-size 2"),
+    ([*CP2, "--reset-attention-mask"], 2, "--reset-attention-mask builds explicit attention masks, which the "
+     "context-parallel attention (causal only) does not take: not with --context-parallel-size 2"),
+    ([*CP2, "--loss-kernel", "fused"], 2, "--loss-kernel fused reduces each sample's tokens on one rank: not with "
+     "--context-parallel-size 2 (use --loss-kernel torch or auto)"),
+    ([*CP2, "--dwm-ranks", "1"], 3, "--dwm-ranks 1 with --context-parallel-size 2: not supported yet"),
+    ([*CP2, "--calculate-per-token-loss"], 2, "--calculate-per-token-loss counts each sample's loss tokens on one "
+     "rank: not with --context-parallel-size 2 yet"),
+    (["--context-parallel-size", "0"], 1, "--context-parallel-size 0 must be >= 1"),
+])
+def test_impossible_context_parallel_configuration_is_named(flags, world_size, message, _validate, monkeypatch):
+    _platform(monkeypatch, gpu=True, transformer_engine=True)  # the checks of a GPU with Transformer Engine
+    with pytest.raises(ConfigError) as error:
+        _validate(flags, world_size)
+    assert message in str(error.value)
+
+
 def test_shape_flags_override_the_preset():
     args = build_parser().parse_args(["--model-preset", "llama2-7b", "--num-layers", "2"])
     arch = model_arch(args)

@@ -25,6 +25,9 @@ def _cpu_idioms(rank, world_size):
         "to": torch.ones(1).to("cuda").device.type,
         "type": torch.ones(1).type(),
         "plain_type": torch.ones(1, dtype=torch.int64).type(),
+        # megatron-core's rotary embeddings under context parallelism, and its CPU offloading
+        "pinned": torch.tensor([0, 3], device="cpu", pin_memory=True).cuda(non_blocking=True).tolist(),
+        "pinned_copy": torch.ones(2).pin_memory().tolist(),
     }
     torch.cuda.synchronize()
     # The model-parallel RNG tracker forks the CPU generator: draws inside the fork come from the
@@ -50,6 +53,7 @@ def test_cuda_idioms_run_on_the_cpu():
     assert facts["factory"] == facts["index"] == facts["moved"] == facts["to"] == "cpu"
     assert facts["type"] == "torch.cuda.FloatTensor"  # what megatron-core's clipping asserts
     assert facts["plain_type"] == "torch.cuda.LongTensor"
+    assert facts["pinned"] == [0, 3] and facts["pinned_copy"] == [1.0, 1.0]  # no CUDA driver asked for pinned memory
     assert facts["rng_default_unchanged"] and facts["rng_tracker_advances"] and facts["rng_tracker_differs"]
 
 

@@ -1,4 +1,5 @@
-"""The LLM can live on ranks 0..T-1 of a larger world (the DWM's ranks stay outside its groups)."""
+"""The LLM can live on ranks 0..T-1 of a larger world (the DWM's ranks stay outside its groups); the
+layout's arithmetic: TP x CP x PP ranks per data-parallel replica, as Megatron-LM counts them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,21 @@ import torch
 from tests.distributed import run_distributed
 
 VOCAB = 256
+
+
+def test_context_parallel_ranks_count_in_each_replica():
+    from megatron_dwm.rank_layout import RankLayout
+
+    layout = RankLayout(18, tensor_model_parallel_size=2, pipeline_model_parallel_size=2, dwm_ranks=2,
+                        context_parallel_size=2)
+    assert (layout.model_parallel_size, layout.replica_size, layout.data_parallel_size) == (4, 8, 2)
+    assert layout.problems() == ["--dwm-ranks 2 with --context-parallel-size 2: not supported yet (the DWM ranks "
+                                 "serve one last-stage rank per data-parallel replica; use --dwm-ranks 0)"]
+    colocated = RankLayout(16, 2, 2, context_parallel_size=2)
+    assert colocated.problems() == [] and colocated.data_parallel_size == 2
+    assert RankLayout(12, 2, 2, context_parallel_size=2).problems() == [
+        "world size 12 = 12 LLM ranks is not divisible by --tensor-model-parallel-size 2 x --context-parallel-size 2 "
+        "x --pipeline-model-parallel-size 2 = 8"]
 
 
 def _train(rank, world_size, tp, dwm_ranks):

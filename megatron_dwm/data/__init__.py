@@ -12,7 +12,7 @@ What the training loop calls::
     batch = get_batch(iter_or_none, device)   # broadcast inside the tensor-parallel group
 """
 
-from megatron_dwm.data.batches import collate_samples, get_batch
+from megatron_dwm.data.batches import collate_samples, context_parallel_share, get_batch
 from megatron_dwm.data.context_target_reader import ContextTargetDataset
 from megatron_dwm.data.datasets import (
     DomainGPTDataset,
@@ -43,6 +43,7 @@ __all__ = [
     "build_tokenizer",
     "build_train_valid_test_datasets",
     "collate_samples",
+    "context_parallel_share",
     "domain_name",
     "get_batch",
     "parse_data_path",

@@ -1,4 +1,5 @@
-"""Micro batches: collation with domain ids, and ``get_batch`` broadcasting inside the TP group.
+"""Micro batches: collation with domain ids, ``get_batch`` broadcasting inside the TP group, and
+``context_parallel_share``: a context-parallel rank's share of each sample's tokens.
 
 A micro batch is a dict of tensors, all with the micro batch size ``b`` as first dimension:
 
@@ -94,3 +95,18 @@ def get_batch(
         dist.broadcast(tensor, source, group=tp_group)
         received[key] = tensor
     return received
+
+
+def context_parallel_share(batch: dict[str, torch.Tensor],
+                           cp_group: Optional[dist.ProcessGroup]) -> dict[str, torch.Tensor]:
+    """This context-parallel rank's share of every sample of `batch`: megatron-core's load-balanced
+    split (``get_batch_on_this_cp_rank``: the sequence cut into 2 x CP chunks, rank r keeping chunks
+    r and 2 CP - 1 - r) of the sequence keys and the attention mask's query dimension; the per-sample
+    keys whole. `batch` itself is left as it is (the DWM reads the whole samples)."""
+    if cp_group is None or dist.get_world_size(cp_group) == 1:
+        return batch
+    from megatron.core.utils import get_batch_on_this_cp_rank
+
+    sequences = {key: batch[key] for key in (*SEQUENCE_KEYS, "attention_mask") if key in batch}
+    share = get_batch_on_this_cp_rank({**sequences, "cu_seqlens": None}, is_hybrid_cp=False, cp_group=cp_group)
+    return {**batch, **{key: share[key] for key in sequences}}

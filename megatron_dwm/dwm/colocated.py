@@ -14,6 +14,11 @@ Colocated (:class:`ColocatedDWM`), the holders are the last pipeline stage's ran
 is the data-parallel group: one chunk per copy. On its own ranks (``megatron_dwm.dwm.remote``)
 the group is the DWM group and each copy serves DP / A replicas.
 
+Colocated, every tensor- and context-parallel rank of a replica's last stage holds a copy, scoring
+the same whole samples with its own data-parallel group: a replica group of copies that see the
+same samples (the TP x CP group). Their gradients are taken from the group's first copy before each
+step, so the copies stay identical even where their data-parallel groups sum in another order.
+
 :class:`WeightingPlacement` is the interface the trainer uses; both placements implement it.
 """
 
@@ -73,10 +78,12 @@ class DWMCopy:
     """One copy of the DWM and its optimizer; see the module docstring."""
 
     def __init__(self, model: DataWeightingModel, optimizer: torch.optim.Optimizer | None,
-                 group: dist.ProcessGroup | None, device: torch.device) -> None:
+                 group: dist.ProcessGroup | None, device: torch.device,
+                 replica_group: dist.ProcessGroup | None = None) -> None:
         self.model = model.to(device)
         self.optimizer = optimizer
         self.group = group
+        self.replica_group = replica_group  # copies that see the same samples (TP x CP); None: none
         self.device = device
         self.last: GlobalBatchWeights | None = None
 
@@ -97,7 +104,8 @@ class DWMCopy:
 
     def apply_hypergradient(self, hypergradient: torch.Tensor) -> None:
         """DESIGN.md section 4, step 7: backpropagate sum_i g_i w_i(phi) (g detached), sum the encoder's
-        gradients over the copies, and step the DWM's optimizer."""
+        gradients over the copies, take every gradient from the replica group's first copy, and step the
+        DWM's optimizer."""
         if self.optimizer is None or self.last is None or self.last.fell_back:
             return
         self.optimizer.zero_grad(set_to_none=False)
@@ -106,6 +114,11 @@ class DWMCopy:
             for param in self.model.encoder.parameters():
                 if param.grad is not None:
                     dist.all_reduce(param.grad, group=self.group)
+        if self.replica_group is not None and dist.get_world_size(self.replica_group) > 1:
+            first = dist.get_global_rank(self.replica_group, 0)
+            for param in self.model.parameters():
+                if param.grad is not None:
+                    dist.broadcast(param.grad, first, group=self.replica_group)
         self.optimizer.step()
         self.last = None
 

@@ -45,6 +45,7 @@ def llama_transformer_config(
     tensor_model_parallel_size: int = 1,
     pipeline_model_parallel_size: int = 1,
     virtual_pipeline_model_parallel_size: int | None = None,
+    context_parallel_size: int = 1,
     sequence_parallel: bool = False,
     bf16: bool = False,
     fp16: bool = False,
@@ -59,7 +60,9 @@ def llama_transformer_config(
     ``fused_kernels`` defaults to whether the platform uses Transformer Engine.
     ``virtual_pipeline_model_parallel_size``: model chunks per pipeline rank (megatron-core's
     interleaved schedule), whose point-to-point transfers overlap computation as Megatron-LM's do
-    by default (``overlap_p2p_comm``, unbatched).
+    by default (``overlap_p2p_comm``, unbatched). ``context_parallel_size`` > 1: each sample's tokens
+    are split over that many ranks, their attention exchanging keys and values as Megatron-LM's default
+    ``--cp-comm-type p2p`` (Transformer Engine's ring attention; megatron-core has no other).
     """
     if fused_kernels is None:
         fused_kernels = get_platform().use_transformer_engine
@@ -83,6 +86,8 @@ def llama_transformer_config(
         tensor_model_parallel_size=tensor_model_parallel_size,
         pipeline_model_parallel_size=pipeline_model_parallel_size,
         virtual_pipeline_model_parallel_size=virtual_pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
+        cp_comm_type="p2p" if context_parallel_size > 1 else None,
         overlap_p2p_comm=virtual_pipeline_model_parallel_size is not None,
         batch_p2p_comm=virtual_pipeline_model_parallel_size is None,
         sequence_parallel=sequence_parallel and tensor_model_parallel_size > 1,

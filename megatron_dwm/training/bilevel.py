@@ -3,7 +3,10 @@
 
 Passes go through megatron-core's pipeline schedule: forward+backward (gradients reduced over
 data-parallel ranks by DDP) for the validation gradient, forward-only for the per-sample losses,
-which are then gathered over the data-parallel group into the global batch's order.
+which are then gathered over the data-parallel group into the global batch's order. Under context
+parallelism DDP reduces v over DP x CP ranks, so every rank holds the whole v, and each per-sample
+loss is already the whole sample's on every CP rank (WeightedLoss): the gather is over DP only, and
+every CP rank displaces its parameters alike.
 
 Under --fp16 the validation loss is multiplied by a loss scale S before backward, as in a training
 step, so that small gradients survive in fp16, and v is divided by S after, as megatron-core's

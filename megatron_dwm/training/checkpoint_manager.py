@@ -6,7 +6,7 @@ A checkpoint (megatron-core's distributed format, :mod:`megatron_dwm.training.ch
 - ``common``: the state every rank agrees on, saved once: each piece added with :meth:`CheckpointManager.add`
   under its name (the progress counters, which are also the data position, and the learning-rate
   scheduler), ``rng_layout``, the ``components`` list and the run's plain ``args``;
-- ``rng_state``: each LLM rank's random generators, at its (PP, TP, DP) coordinates;
+- ``rng_state``: each LLM rank's random generators, at its (PP, TP, DP[, CP]) coordinates;
 - ``components/<name>``: one replicated object per piece added with :meth:`CheckpointManager.add_component`
   (the weighting policy's DWM), written by the copy with replica id 0: the DWM ranks' manager
   holds the same entry, so a checkpoint resumes with either placement of the DWM.
@@ -146,7 +146,7 @@ class CheckpointManager:
                 f"--load {args.load}: {error}.{checkpointing.resume_hint(path.parent, bad=path)}") from error
         self._restore_components(state, saved)
         if not load_rng and not model_only and not args.no_load_rng:
-            print_rank0(f"checkpoint layout (PP, TP, DP) {tuple(common.get('rng_layout', ()))} differs from this "
+            print_rank0(f"checkpoint layout (PP, TP, DP[, CP]) {tuple(common.get('rng_layout', ()))} differs from this "
                         f"run's {tuple(sizes)}: random states start from --seed")
         if not model_only:
             for name, (piece, needs_optimizer) in self.pieces.items():

@@ -16,7 +16,8 @@ from megatron_dwm.training.step import run_global_batch
 def evaluate(model, next_global_batch: Callable[[], list], num_batches: int, loss: WeightedLoss,
              num_domains: int, device: torch.device) -> DomainTotals | None:
     """Mean per-sample loss of `model` (a model chunk or list of chunks) over `num_batches` global
-    batches; the totals on the last pipeline stage (reduced over data-parallel ranks), None elsewhere."""
+    batches; the totals on the last pipeline stage (reduced over data-parallel ranks; each CP rank
+    holds the whole samples' losses already), None elsewhere."""
     totals = DomainTotals(num_domains)
     chunks = model_chunks(model)
     for chunk in chunks:

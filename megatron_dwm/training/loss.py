@@ -14,6 +14,12 @@ loss tokens ``N``, and the step minimises ``sum_i w_i M_i l_i / N``; with all we
 per-token loss. Written ``(1/n) sum_i w_i c_i``, its per-sample terms are ``c_i = l_i M_i / mean_j M_j``
 (:func:`per_token_terms`): what the DWM's finite difference measures.
 
+Under context parallelism (CP ranks each holding a share of every sample's tokens) the model runs
+on this rank's share, ``l_i`` is still the whole sample's (its sums all-reduced over the CP group),
+and its gradient reaches this rank's tokens only. megatron-core's schedule multiplies the loss by
+CP (its legacy loss scaling, which Megatron-LM's ``pretrain_gpt.py`` relied on) and DDP averages
+over DP x CP ranks, so the CP ranks' parts add up to the gradient of the unsplit sequences.
+
 Two implementations of the same loss, chosen by ``--loss-kernel``:
 
 - ``torch``: megatron-core's ``labels=`` path (vocab-parallel cross-entropy) gives per-token
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.distributed as dist
 
+from megatron_dwm.data.batches import context_parallel_share
 from megatron_dwm.ops import per_sample_cross_entropy, resolve_loss_kernel, weighted_cross_entropy
 
 if TYPE_CHECKING:
@@ -92,10 +99,20 @@ class WeightedLoss:
 
     A micro batch's weights are a tensor, or a function of its per-sample losses (detached) that
     returns them: the loss-based policy's weights, computed in the same forward pass.
+
+    `context_parallel_group`: the model sees this rank's share of each micro batch's tokens
+    (:func:`context_parallel_share`), the losses are the whole samples'. The fused kernel reduces a
+    sample on one rank, so under CP > 1 ``auto`` is the torch path (``fused`` is refused by the
+    argument checks).
     """
 
-    def __init__(self, kernel: str, device: torch.device) -> None:
-        self.kernel = resolve_loss_kernel(kernel, device)
+    def __init__(self, kernel: str, device: torch.device,
+                 context_parallel_group: "dist.ProcessGroup | None" = None) -> None:
+        self.context_parallel_group = context_parallel_group
+        split = context_parallel_group is not None and dist.get_world_size(context_parallel_group) > 1
+        self.kernel = "torch" if split and kernel == "auto" else resolve_loss_kernel(kernel, device)
+        if split and self.kernel == "fused":
+            raise ValueError("the fused loss kernel does not support context parallelism")
         self.per_sample: list[torch.Tensor] = []
         self.domain_id: list[torch.Tensor] = []
         self.weights: list[torch.Tensor] = []
@@ -109,10 +126,12 @@ class WeightedLoss:
 
     def forward_step(self, chunk, batch: dict[str, torch.Tensor], weights: "SampleWeights | None",
                      forward_only: bool) -> tuple[torch.Tensor, LossFunc]:
-        """megatron-core's forward step function for one micro batch: ``chunk(batch)`` and the loss function
-        the schedule applies to its output (returning the loss, and with per-token loss its loss tokens)."""
+        """megatron-core's forward step function for one micro batch: ``chunk(batch)`` (this context-parallel
+        rank's share of it) and the loss function the schedule applies to its output (returning the loss, and
+        with per-token loss its loss tokens)."""
         fused = self.kernel == "fused"
         per_token = calculates_per_token_loss(chunk)
+        batch = context_parallel_share(batch, self.context_parallel_group)
         output = chunk(batch["tokens"], batch["position_ids"], batch.get("attention_mask"),
                        labels=None if fused else batch["labels"])
         if weights is None:
@@ -121,9 +140,9 @@ class WeightedLoss:
 
         def loss_func(output_tensor: torch.Tensor) -> tuple:
             if not fused or forward_only:
-                losses = per_sample_loss(output_tensor, batch["loss_mask"]) if not fused else \
-                    per_sample_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"], kernel="fused",
-                                             sequence_first=False)
+                losses = per_sample_loss(output_tensor, batch["loss_mask"], self.context_parallel_group) \
+                    if not fused else per_sample_cross_entropy(output_tensor, batch["labels"], batch["loss_mask"],
+                                                               kernel="fused", sequence_first=False)
                 used = resolve_weights(weights, losses)
                 coefficients, normalizer = _coefficients(used, tokens, per_token)
                 loss = (coefficients * losses).sum() / normalizer

@@ -1,9 +1,10 @@
 """Random-number states of every LLM rank, as one entry of the distributed checkpoint.
 
 Each rank saves its Python, NumPy, torch and accelerator generators plus megatron-core's
-model-parallel RNG tracker, as a ``ShardedObject`` at its (pipeline, tensor, data) coordinates, so a
-resumed run continues every stream exactly. States are tied to the layout: a checkpoint loaded
-with another TP/PP/DP layout keeps the fresh seeds instead (as Megatron-LM does).
+model-parallel RNG tracker, as a ``ShardedObject`` at its (pipeline, tensor, data) coordinates, and
+context under context parallelism, so a resumed run continues every stream exactly. States are
+tied to the layout: a checkpoint loaded with another TP/PP/DP/CP layout keeps the fresh seeds
+instead (as Megatron-LM does).
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 RNG_KEY = "rng_state"
 
 
-def rank_coordinates() -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """((PP, TP, DP) sizes, this rank's (PP, TP, DP) ranks)."""
+def rank_coordinates() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """((PP, TP, DP) sizes, this rank's (PP, TP, DP) ranks), CP's appended to both under context
+    parallelism (a layout without it keeps the coordinates, and the checkpoints, it had before)."""
     sizes = (parallel_state.get_pipeline_model_parallel_world_size(),
              parallel_state.get_tensor_model_parallel_world_size(),
              parallel_state.get_data_parallel_world_size())
     ranks = (parallel_state.get_pipeline_model_parallel_rank(),
              parallel_state.get_tensor_model_parallel_rank(),
              parallel_state.get_data_parallel_rank())
+    context_parallel_size = parallel_state.get_context_parallel_world_size()
+    if context_parallel_size > 1:
+        sizes, ranks = (*sizes, context_parallel_size), (*ranks, parallel_state.get_context_parallel_rank())
     return sizes, ranks
 
 

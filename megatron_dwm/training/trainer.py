@@ -66,8 +66,9 @@ class Trainer:
             self.arch, tensor_model_parallel_size=args.tensor_model_parallel_size,
             pipeline_model_parallel_size=args.pipeline_model_parallel_size,
             virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
-            bf16=args.bf16, fp16=args.fp16, init_method_std=args.init_method_std,
-            calculate_per_token_loss=args.calculate_per_token_loss, **transformer_options(args))
+            context_parallel_size=args.context_parallel_size, bf16=args.bf16, fp16=args.fp16,
+            init_method_std=args.init_method_std, calculate_per_token_loss=args.calculate_per_token_loss,
+            **transformer_options(args))
         chunks = build_llama_model_chunks(self.arch, config, self.padded_vocab, args.seq_length,
                                           pg_collection=context.pg_collection)
         # this rank's DDP-wrapped model chunks: one, or one per virtual pipeline stage (interleaved schedule)
@@ -81,7 +82,7 @@ class Trainer:
         config.finalize_model_grads_func = finalize_model_grads
         config.grad_scale_func = self.optimizer.scale_loss
         self.scheduler = build_scheduler(args, self.optimizer)
-        self.loss = WeightedLoss(args.loss_kernel, self.device)
+        self.loss = WeightedLoss(args.loss_kernel, self.device, parallel_state.get_context_parallel_group())
         self.llm = LLM(self.model, self.optimizer, self.scheduler, self.loss, args.global_batch_size)
         self.finite_difference = FiniteDifferenceSettings(args.dwm_fd_direction, args.dwm_fd_radius)
         self.is_logging_rank = context.rank == context.leader  # last stage, as Megatron
@@ -110,7 +111,10 @@ class Trainer:
             set_rng_state(rng_state)
 
     def _build_weighting(self):
-        """The --weighting policy; the DWM's is a checkpoint component (held here, or by the DWM ranks)."""
+        """The --weighting policy; the DWM's is a checkpoint component (held here, or by the DWM ranks).
+
+        Colocated, every TP and CP rank of the last stage holds a copy; the TP x CP ranks of a replica
+        see the same samples (their copies' replica group), and each copy has its own checkpoint replica id."""
         args = self.args
         samples_log = samples_log_path(args) if self.is_logging_rank else None
         if args.weighting != "dwm":
@@ -120,9 +124,11 @@ class Trainer:
         elif self.dwm_ranks:
             dwm = remote_dwm(args, self.context, parallel_state.get_data_parallel_rank(), self.device)
         else:
-            dwm = build_dwm(args, self.padded_vocab, self.device, parallel_state.get_data_parallel_group())
-        replica = (parallel_state.get_tensor_model_parallel_rank() * parallel_state.get_data_parallel_world_size()
-                   + parallel_state.get_data_parallel_rank())
+            dwm = build_dwm(args, self.padded_vocab, self.device, parallel_state.get_data_parallel_group(),
+                            replica_group=parallel_state.get_tensor_and_context_parallel_group())
+        replica = (parallel_state.get_tensor_model_parallel_rank()
+                   * parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+                   + parallel_state.get_data_parallel_rank(with_context_parallel=True))
         self.checkpoints.add_component(DWM_COMPONENT, None if self.dwm_ranks else dwm, replica_id=replica)
         return DWMWeighting(args, stage_schedule(args), dwm, samples_log)
 

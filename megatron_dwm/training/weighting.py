@@ -37,8 +37,10 @@ def weight_clip_bounds(args: argparse.Namespace) -> tuple[float, float] | None:
     return lo, hi if math.isfinite(hi) else float(args.global_batch_size)
 
 
-def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, group, cls=ColocatedDWM) -> DWMCopy:
-    """A copy of the DWM among the holders' `group`, initialised identically on every rank (from --seed)."""
+def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, group, cls=ColocatedDWM,
+              replica_group=None) -> DWMCopy:
+    """A copy of the DWM among the holders' `group`, initialised identically on every rank (from --seed);
+    `replica_group`: the copies that see the same samples (DWMCopy's)."""
     weighting = dict(vocab_size=vocab_size, seq_length=args.dwm_seq_length, temperature=args.dwm_temperature,
                      weight_clip=weight_clip_bounds(args))
     if args.dwm_init:  # the encoder takes the LM checkpoint's shape
@@ -52,7 +54,7 @@ def build_dwm(args: argparse.Namespace, vocab_size: int, device: torch.device, g
     if args.dwm_init:
         load_encoder_from_checkpoint(model, args.dwm_init)
     optimizer = None if args.dwm_freeze else torch.optim.Adam(model.parameters(), lr=args.dwm_lr)
-    return cls(model, optimizer, group, device)
+    return cls(model, optimizer, group, device, replica_group)
 
 
 def stage_schedule(args: argparse.Namespace) -> StageSchedule:
