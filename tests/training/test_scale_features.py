@@ -2,11 +2,13 @@
 layout it changes, iteration by iteration (loss, grad norm, the DWM's weights and hypergradients).
 
 - on TP=2: sequence parallelism (norms on half the sequence each, their weight gradients summed over
-  the tensor-parallel group), full activation recomputation (uniform, in chunks of 2 layers) and
-  selective recomputation (the attention's core);
-- on DP=2: DDP's overlapped gradient reduction in small buckets, and with the distributed optimizer
-  its overlapped parameter all-gather (the DWM's outer step displaces and restores the parameters
-  the all-gather writes).
+  the tensor-parallel group) with full activation recomputation (uniform, in chunks of 2 layers);
+- on DP=2: DDP's overlapped gradient reduction in small buckets with selective recomputation (the
+  attention's core), and with the distributed optimizer its overlapped parameter all-gather (the
+  DWM's outer step displaces and restores the parameters the all-gather writes).
+
+Two features share a run to keep the suite short; sequence parallelism and each recomputation alone
+give the single rank's per-token losses and gradients in tests/test_model_parallel_equivalence.py.
 
 Sums then differ in their order only (recomputation: not at all), so run_comparison's bounds apply:
 the DWM's weights up to IDENTICAL_WEIGHTS come from hypergradients of iteration 2 and agree to
@@ -29,11 +31,9 @@ BUCKET = ["--ddp-bucket-size", "20000"]  # several buckets on the tiny preset, e
 EVALUATED = ["--eval-interval", "2"]  # at iterations 2 and 4: evaluation reads the updated parameters too
 LAYOUTS = {"tp2": ["--tensor-model-parallel-size", "2", *EVALUATED], "dp2": EVALUATED}
 FEATURES = {  # name: (layout, flags)
-    "sequence-parallel": ("tp2", ["--sequence-parallel"]),
-    "recompute-full": ("tp2", ["--recompute-granularity", "full", "--recompute-method", "uniform",
-                               "--recompute-num-layers", "2"]),
-    "recompute-selective": ("tp2", ["--recompute-activations"]),
-    "overlap-grad-reduce": ("dp2", ["--overlap-grad-reduce", *BUCKET]),
+    "sequence-parallel-full-recompute": ("tp2", ["--sequence-parallel", "--recompute-granularity", "full",
+                                                 "--recompute-method", "uniform", "--recompute-num-layers", "2"]),
+    "overlap-grad-reduce-selective-recompute": ("dp2", ["--overlap-grad-reduce", *BUCKET, "--recompute-activations"]),
     "overlap-param-gather": ("dp2", ["--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
                                      *BUCKET]),
 }
