@@ -14,14 +14,18 @@ from megatron_dwm.training.build import wrap_ddp  # noqa: F401 - re-exported for
 
 
 def build_on_rank(arch: LlamaArch, padded_vocab: int, tp: int = 1, pp: int = 1, seq_length: int = 128,
-                  dwm_ranks: int = 0, seed: int = 1234, bf16: bool = False, **config_overrides: object):
+                  dwm_ranks: int = 0, seed: int = 1234, bf16: bool = False, initialize: bool = True,
+                  **config_overrides: object):
     """Initialise groups and build this rank's stage (None on ranks outside the LLM); `bf16`: every
-    parameter bf16, as the trainer's --bf16 builds it; `config_overrides`: further TransformerConfig fields."""
+    parameter bf16, as the trainer's --bf16 builds it; `initialize=False` leaves the weights
+    uninitialised, for a checkpoint to overwrite them all (megatron-core's CPU initialisation draws
+    each full weight on every rank); `config_overrides`: further TransformerConfig fields."""
     context = initialize_parallel(tp, pp, dwm_ranks=dwm_ranks, seed=seed)
     if not context.is_llm_rank:
         return None
     config = llama_transformer_config(arch, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-                                      use_cpu_initialization=True, bf16=bf16, **config_overrides)
+                                      use_cpu_initialization=True, bf16=bf16, perform_initialization=initialize,
+                                      **config_overrides)
     return build_llama_model(arch, config, padded_vocab, seq_length, pg_collection=context.pg_collection)
 
 

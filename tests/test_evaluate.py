@@ -8,8 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ import torch
 
 from tests.distributed import run_distributed
 from tests.training.corpus import VOCAB, write_tokenizer
+from tests.training.launch import run_job
 
 try:
     import lm_eval  # noqa: F401
@@ -76,9 +75,9 @@ def trained(tmp_path_factory):
     probe = _band_batch(torch.Generator().manual_seed(1), 2, 24)
     [logits] = run_distributed(_train_and_save, world_size=1, args=(str(base / "ckpt"), probe))
     export = base / "hf"
-    subprocess.run([sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "megatron-to-hf",
-                    "--load-dir", str(base / "ckpt"), "--save-dir", str(export), "--tokenizer-model", tokenizer],
-                   check=True, capture_output=True, text=True)
+    # `python tools/convert_checkpoint.py megatron-to-hf ...`, forked from the preloaded server (no import again)
+    run_job(["megatron-to-hf", "--load-dir", str(base / "ckpt"), "--save-dir", str(export), "--tokenizer-model",
+             tokenizer], 1, base / "export-logs", script=REPO / "tools" / "convert_checkpoint.py")
     return {"base": base, "ckpt": base / "ckpt", "tokenizer": tokenizer, "export": export, "probe": probe,
             "logits": logits}
 

@@ -125,7 +125,9 @@ def _single_process_model(arch: LlamaArch, padded_vocab: int, bf16: bool):
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     initialize_parallel(1, 1)
-    config = llama_transformer_config(arch, bf16=bf16, use_cpu_initialization=True, fused_kernels=False)
+    # every weight is overwritten (by the Hugging Face tensors or the checkpoint): no random initialisation
+    config = llama_transformer_config(arch, bf16=bf16, use_cpu_initialization=True, fused_kernels=False,
+                                      perform_initialization=False)
     return build_llama_model(arch, config, padded_vocab, arch.max_position_embeddings)
 
 
