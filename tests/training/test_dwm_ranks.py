@@ -83,8 +83,10 @@ def _no_weights_errors(log: str, rank: int, dwm_rank: int, timeout: int) -> list
 @pytest.mark.parametrize("fault", ["killed", "stopped"])
 def test_lost_dwm_rank_ends_the_job_naming_it(fault, corpus, tmp_path):
     """SIGKILL (it dies: noticed at once, its connections close) or SIGSTOP (it hangs: noticed after
-    --dwm-exchange-timeout) the DWM rank mid-run: each training rank exits 1 with the documented
-    error naming the DWM rank and the iteration that got no weights."""
+    --dwm-exchange-timeout) the DWM rank mid-run: each training rank exits 1, with the documented error
+    naming the DWM rank and the iteration that got no weights; or, where the DWM rank stopped after
+    sending this rank its weights but before the other's, with the error of a rank whose peer ended
+    during a collective (it went on to the step's reduction while the other waited out the time limit)."""
     metrics = tmp_path / "metrics.jsonl"
     job = Job(training_flags(corpus, "--train-iters", "1000", "--metrics-file", str(metrics), "--dwm-ranks", "1",
                              "--dwm-exchange-timeout", "5", dwm=True), 3, tmp_path / "logs")
@@ -96,13 +98,21 @@ def test_lost_dwm_rank_ends_the_job_naming_it(fault, corpus, tmp_path):
         job.signal(signal.SIGKILL)
     assert codes == [1, 1], job.output()
     last_logged = max(r["iteration"] for r in read_metrics(metrics) if "lm loss" in r)
+    named = 0
     for rank in (0, 1):
-        errors = _no_weights_errors(job.logs[rank].read_text(), rank, dwm_rank=2, timeout=5)
+        log = job.logs[rank].read_text()
+        errors = _no_weights_errors(log, rank, dwm_rank=2, timeout=5)
+        if not errors:
+            assert f"error: rank {rank}: another rank of the job ended during a collective operation" in log, \
+                job.output()
+            continue
         assert len(errors) == 1, job.output()
         iteration, reason = errors[0]
         assert int(iteration) == last_logged + 1, job.output()
         # a dead rank is noticed by its closed connections, a hung one by the time limit
         assert ("Timed out" in reason) == (fault == "stopped"), reason
+        named += 1
+    assert named >= 1, job.output()  # the DWM rank is named
 
 
 def test_failed_training_rank_ends_the_dwm_rank(corpus, tmp_path):
