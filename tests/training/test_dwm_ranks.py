@@ -13,7 +13,7 @@ import pytest
 from megatron_dwm.training.metrics import read_metrics
 from tests.training.corpus import training_flags
 from tests.training.launch import Job, run_job
-from tests.training.run_comparison import RELATIVE, hypergradients_agree, run_logs
+from tests.training.run_comparison import AFTER_UPDATE, RELATIVE, hypergradients_agree, run_logs
 
 FAULTS = Path(__file__).parent / "scripts" / "train_with_faults.py"
 
@@ -29,7 +29,8 @@ CASES = [(layout, 1) for layout in sorted(LAYOUTS) if layout != "tp1-dp1"] + [("
 # How far the two placements may differ, and why (docs/dwm.md, "The DWM on its own ranks"): they
 # sum the DWM encoder's per-replica gradients in different orders (an all-reduce over the holders,
 # or autograd over one DWM rank's chunks), so the DWM's parameters, hence the weights and the LLM,
-# may differ in their last bits on some CPUs (tests/training/run_comparison.py gives the bounds).
+# may differ in their last bits on some CPUs, and more once the DWM has learned from hypergradients
+# known only to their resolution (tests/training/run_comparison.py gives the bounds).
 
 
 def _run(corpus, run_dir, layout: str, dwm_ranks: int, threads: int):
@@ -53,17 +54,20 @@ def test_dwm_rank_matches_colocated_dwm(layout, threads, corpus, tmp_path):
 
     assert sorted(separate) == sorted(colocated) == list(range(1, ITERS + 1))
     assert sorted(separate_samples) == sorted(colocated_samples) == list(range(1, ITERS + 1))
+    learned = False  # whether the DWM has learned from a non-zero hypergradient before this iteration
     for iteration in range(1, ITERS + 1):
         ours, theirs = separate_samples[iteration], colocated_samples[iteration]
+        tolerance = AFTER_UPDATE if learned else RELATIVE
         assert ours["document_id"] == theirs["document_id"] and ours["domain"] == theirs["domain"]
-        assert ours["weight"] == pytest.approx(theirs["weight"], rel=RELATIVE, abs=1e-7), iteration
+        assert ours["weight"] == pytest.approx(theirs["weight"], rel=tolerance, abs=1e-7), iteration
         assert ("hypergradient" in ours) == ("hypergradient" in theirs)
         if iteration == 1:  # eta is 0 in the warm-up's first iteration: g is exactly 0
             assert ours["hypergradient"] == theirs["hypergradient"] == [0.0] * len(ours["weight"])
         elif "hypergradient" in ours:
             assert hypergradients_agree(ours, theirs), (iteration, ours, theirs)
         for key in ("lm loss", "grad norm", "dwm/weight std", "dwm/ess"):
-            assert separate[iteration][key] == pytest.approx(colocated[iteration][key], rel=RELATIVE), (iteration, key)
+            assert separate[iteration][key] == pytest.approx(colocated[iteration][key], rel=tolerance), (iteration, key)
+        learned = learned or any(theirs.get("hypergradient", []))
     # the DWM learned in both stages (the first 2 iterations of each 3-iteration stage), so the
     # comparison covers updated weights, not only uniform ones
     assert {i for i, r in separate_samples.items() if "hypergradient" in r} == {1, 2, 4, 5}
